@@ -1,0 +1,5 @@
+"""Keel: a governed runtime for AI agents."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"

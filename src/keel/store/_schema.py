@@ -1,0 +1,81 @@
+"""Tables, defined once for every backend, as numbered migrations.
+
+Each migration is a list of statements written in portable SQL with two type tokens that the
+backend substitutes: ``{blob}`` (BLOB / BYTEA) and ``{bigint}`` (INTEGER / BIGINT). Migrations are
+append-only: never edit a released one, add the next number. The store refuses to open a database
+whose schema version is newer than the newest migration it knows.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION"]
+
+MIGRATIONS: Final[tuple[tuple[int, str, tuple[str, ...]], ...]] = (
+    (
+        1,
+        "foundation: audit chain, checkpoints, kill switches, idempotency, request nonces",
+        (
+            """CREATE TABLE audit_records (
+                chain TEXT NOT NULL,
+                seq {bigint} NOT NULL,
+                ts TEXT NOT NULL,
+                kind TEXT NOT NULL,
+                tenant TEXT,
+                agent TEXT,
+                run_id TEXT,
+                tool TEXT,
+                decision TEXT,
+                rule_id TEXT,
+                body TEXT NOT NULL,
+                prev_hash TEXT NOT NULL,
+                hash TEXT NOT NULL,
+                PRIMARY KEY (chain, seq)
+            )""",
+            "CREATE INDEX audit_records_run ON audit_records (run_id, seq)",
+            "CREATE INDEX audit_records_agent ON audit_records (agent, seq)",
+            "CREATE INDEX audit_records_tool ON audit_records (tool, seq)",
+            "CREATE INDEX audit_records_ts ON audit_records (ts)",
+            """CREATE TABLE audit_checkpoints (
+                chain TEXT NOT NULL,
+                seq {bigint} NOT NULL,
+                hash TEXT NOT NULL,
+                ts TEXT NOT NULL,
+                key_id TEXT NOT NULL,
+                signature TEXT NOT NULL,
+                PRIMARY KEY (chain, seq)
+            )""",
+            """CREATE TABLE kill_switches (
+                scope TEXT NOT NULL,
+                target TEXT NOT NULL,
+                engaged INTEGER NOT NULL,
+                reason TEXT NOT NULL,
+                actor TEXT NOT NULL,
+                updated_at TEXT NOT NULL,
+                PRIMARY KEY (scope, target)
+            )""",
+            """CREATE TABLE idempotency_keys (
+                tenant TEXT NOT NULL,
+                idem_key TEXT NOT NULL,
+                fingerprint TEXT NOT NULL,
+                status TEXT NOT NULL,
+                call_id TEXT NOT NULL,
+                outcome TEXT,
+                created_at TEXT NOT NULL,
+                expires_at TEXT NOT NULL,
+                PRIMARY KEY (tenant, idem_key)
+            )""",
+            "CREATE INDEX idempotency_keys_expiry ON idempotency_keys (expires_at)",
+            """CREATE TABLE request_nonces (
+                key_id TEXT NOT NULL,
+                nonce TEXT NOT NULL,
+                expires_at TEXT NOT NULL,
+                PRIMARY KEY (key_id, nonce)
+            )""",
+            "CREATE INDEX request_nonces_expiry ON request_nonces (expires_at)",
+        ),
+    ),
+)
+
+SCHEMA_VERSION: Final[int] = MIGRATIONS[-1][0]

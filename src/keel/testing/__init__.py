@@ -1,0 +1,10 @@
+"""Public fakes for testing code built on Keel: a frozen clock, fake tools.
+
+Use these instead of mocks: they implement the same interfaces as the real parts.
+"""
+
+from __future__ import annotations
+
+from keel.testing._clock import FrozenClock
+
+__all__ = ["FrozenClock"]
