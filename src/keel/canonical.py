@@ -25,6 +25,7 @@ __all__ = [
     "DEFAULT_MAX_BYTES",
     "DEFAULT_MAX_DEPTH",
     "canonical_json",
+    "check_depth",
     "check_limits",
     "digest",
     "parse_json",
@@ -166,17 +167,8 @@ def parse_json(
         ) from None
 
 
-def check_limits(
-    value: Any,
-    *,
-    max_bytes: int = DEFAULT_MAX_BYTES,
-    max_depth: int = DEFAULT_MAX_DEPTH,
-    what: str = "arguments",
-) -> str:
-    """Check an already-decoded value against depth and size caps; return its canonical JSON.
-
-    Walks iteratively (no RecursionError on hostile nesting) and stops as soon as a cap is hit.
-    """
+def check_depth(value: Any, *, max_depth: int = DEFAULT_MAX_DEPTH, what: str = "arguments") -> None:
+    """Refuse nesting deeper than ``max_depth`` or non-string keys. Iterative: no RecursionError."""
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         item, depth = stack.pop()
@@ -204,6 +196,17 @@ def check_limits(
             for sub in item:
                 if isinstance(sub, (Mapping, list, tuple)):
                     stack.append((sub, depth + 1))
+
+
+def check_limits(
+    value: Any,
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_depth: int = DEFAULT_MAX_DEPTH,
+    what: str = "arguments",
+) -> str:
+    """Check a decoded value against depth and size caps; return its canonical JSON."""
+    check_depth(value, max_depth=max_depth, what=what)
     text = canonical_json(value)
     size = len(text) if text.isascii() else len(text.encode("utf-8"))
     if size > max_bytes:

@@ -18,7 +18,7 @@ errors to HTTP statuses, MCP errors and CLI exit codes in one place each, keyed 
     ├── ConflictError             the call collides with another one
     │   ├── IdempotencyInFlight   the same key is executing right now (retry later)
     │   └── IdempotencyMismatch   the same key was used with different arguments
-    ├── ToolError                 the tool failed while executing (``retryable`` says if a retry helps)
+    ├── ToolError                 the tool failed while executing (``retryable``: may a retry help)
     │   ├── ToolTimeout
     │   └── ToolResultInvalid     the tool returned something that breaks its result contract
     └── InternalError             Keel itself failed; the call was denied (fail closed)

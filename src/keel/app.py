@@ -1,0 +1,438 @@
+"""The composition root: one ``App`` builds Keel's parts from a config and wires the gateway.
+
+    app = App(KeelConfig(store_url="sqlite:///keel.db"))
+    app.load_policy("policies/support.yaml")
+
+    @app.tool("orders.lookup", scope="orders:read")
+    def lookup(order_id: str) -> dict: ...
+
+    agent = app.agent("support-bot", tenant="acme", scopes=["orders:read"])
+    result = agent.call("orders.lookup", {"order_id": "A-1"})
+
+Nothing here is global: construct as many Apps as you like (each owns its store connection).
+Keys, the redaction salt and the audit anchor file live in ``config.home``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import secrets
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pydantic
+
+from keel.audit import AuditLog, Redactor, VerifyReport, verify_chain
+from keel.config import KeelConfig
+from keel.core import Call, Clock, Effect, SystemClock, Verdict
+from keel.errors import ConfigError
+from keel.gateway import (
+    ApprovalGate,
+    AuthenticateGuard,
+    CallRequest,
+    CallResult,
+    Gateway,
+    Guard,
+    IdempotencyGuard,
+    IdempotencyKeys,
+    KillSwitches,
+    KillSwitchGuard,
+    PolicyGuard,
+    ResolveGuard,
+    ScopeGuard,
+)
+from keel.identity import KeySet, TokenIssuer, TokenVerifier
+from keel.policy import CompiledPolicy, PolicySet, load_policy
+from keel.store import Store, open_store
+from keel.tools import FunctionTool, ReconcileHook, Tool, ToolRegistry
+
+__all__ = ["Agent", "App"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class _Policies:
+    """The active policy set; swapped atomically when policies are loaded."""
+
+    def __init__(self) -> None:
+        self._documents: list[CompiledPolicy] = []
+        self._set = PolicySet([])
+        self._lock = threading.Lock()
+
+    def add(self, policy: CompiledPolicy) -> None:
+        with self._lock:
+            documents = [d for d in self._documents if d.name != policy.name] + [policy]
+            self._set = PolicySet(documents)
+            self._documents = documents
+
+    @property
+    def documents(self) -> tuple[CompiledPolicy, ...]:
+        return tuple(self._documents)
+
+    def evaluate(self, call: Call, effect: Effect, now: _dt.datetime) -> Verdict:
+        return self._set.evaluate(call, effect, now)
+
+    def explain(self, call: Call, effect: Effect, now: _dt.datetime) -> dict[str, Any]:
+        return self._set.explain(call, effect, now)
+
+
+def _secret_file(path: Path, size: int = 32) -> bytes:
+    if path.exists():
+        data = path.read_bytes()
+        if len(data) < 16:
+            raise ConfigError(f"{path} is too short to be a secret ({len(data)} bytes)")
+        return data
+    data = secrets.token_bytes(size)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    return data
+
+
+class App:
+    """A Keel instance: store, keys, policies, audit log, tools and the gateway.
+
+    Thread-safe once built; register tools and load policies before serving calls (loading a
+    policy later is safe and takes effect on the next call).
+    """
+
+    def __init__(
+        self,
+        config: KeelConfig | None = None,
+        *,
+        clock: Clock | None = None,
+        store: Store | None = None,
+        extra_guards: Sequence[Guard] = (),
+    ) -> None:
+        self.config = config or KeelConfig()
+        self.clock: Clock = clock or SystemClock()
+        home = Path(self.config.home)
+        home.mkdir(parents=True, exist_ok=True)
+        self.home = home
+        self.store: Store = store or open_store(self.config.store_url)
+        self.keys = KeySet.load_or_create(home / "keys.json")
+        self.issuer = TokenIssuer(self.keys, issuer=self.config.token_issuer, clock=self.clock)
+        self.verifier = TokenVerifier(
+            self.keys,
+            issuer=self.config.token_issuer,
+            audience=self.config.token_audience,
+            clock=self.clock,
+            leeway=_dt.timedelta(seconds=self.config.token_leeway_seconds),
+        )
+        self.redactor = Redactor(salt=_secret_file(home / "redaction.salt"))
+        self.audit = AuditLog(
+            self.store,
+            self.clock,
+            signer=self.keys,
+            checkpoint_every=self.config.audit_checkpoint_every,
+            checkpoint_path=home / "audit-anchor.jsonl" if self.config.audit_anchor_file else None,
+        )
+        self.tools = ToolRegistry()
+        self.kill_switches = KillSwitches(
+            self.store,
+            self.audit,
+            self.clock,
+            refresh_seconds=self.config.kill_switch_refresh_seconds,
+        )
+        self.idempotency = IdempotencyKeys(
+            self.store,
+            retention=_dt.timedelta(seconds=self.config.idempotency_retention_seconds),
+        )
+        self._policies = _Policies()
+        for path in self.config.policy_paths:
+            self.load_policy(path)
+        self.gateway = Gateway(
+            store=self.store,
+            audit=self.audit,
+            redactor=self.redactor,
+            clock=self.clock,
+            guards=[
+                AuthenticateGuard(self.verifier),
+                ResolveGuard(
+                    self.tools,
+                    max_bytes=self.config.max_payload_bytes,
+                    max_depth=self.config.max_json_depth,
+                ),
+                KillSwitchGuard(self.kill_switches),
+                ScopeGuard(),
+                PolicyGuard(self._policies, self.clock),
+                *extra_guards,
+                IdempotencyGuard(self.idempotency, self.clock),
+                ApprovalGate(),
+            ],
+        )
+
+    # -- tools -------------------------------------------------------------------------------
+
+    def tool(
+        self,
+        name: str,
+        *,
+        scope: str,
+        effect: Effect = "read",
+        description: str | None = None,
+        arguments_schema: Mapping[str, Any] | type[pydantic.BaseModel] | None = None,
+        timeout: float = 30.0,
+        idempotent: bool = False,
+        reconcile: ReconcileHook | None = None,
+        cost_usd: Decimal | str | int = 0,
+        sensitive: bool = False,
+    ) -> Callable[[F], F]:
+        """Decorator: register a sync or async function as a governed tool."""
+
+        def register(fn: F) -> F:
+            self.tools.register(
+                FunctionTool(
+                    fn,
+                    name=name,
+                    scope=scope,
+                    effect=effect,
+                    description=description,
+                    arguments_schema=arguments_schema,
+                    timeout=timeout,
+                    idempotent=idempotent,
+                    reconcile=reconcile,
+                    cost_usd=cost_usd,
+                    sensitive=sensitive,
+                )
+            )
+            return fn
+
+        return register
+
+    def register(self, tool: Tool) -> Tool:
+        return self.tools.register(tool)
+
+    # -- policies ----------------------------------------------------------------------------
+
+    def load_policy(self, source: str | os.PathLike[str]) -> CompiledPolicy:
+        """Load a policy file (or every ``*.yaml``/``*.yml`` in a folder); replaces same-named."""
+        path = Path(source)
+        if path.is_dir():
+            loaded = [
+                self.load_policy(p)
+                for p in sorted(path.iterdir())
+                if p.suffix in (".yaml", ".yml") and p.is_file()
+            ]
+            if not loaded:
+                raise ConfigError(
+                    f"no policy files (*.yaml) in {path}", context={"file": str(path)}
+                )
+            return loaded[-1]
+        policy = load_policy(path)
+        self._policies.add(policy)
+        return policy
+
+    def add_policy(self, text: str, *, source_name: str = "<policy>") -> CompiledPolicy:
+        """Load a policy from YAML text."""
+        policy = load_policy(text, source_name=source_name)
+        self._policies.add(policy)
+        return policy
+
+    @property
+    def policies(self) -> tuple[CompiledPolicy, ...]:
+        return self._policies.documents
+
+    def evaluate(self, call: Call, effect: Effect, now: _dt.datetime | None = None) -> Verdict:
+        """The active policies' verdict on ``call`` (no execution, nothing recorded)."""
+        return self._policies.evaluate(call, effect, now or self.clock.now())
+
+    def explain(self, call: Call, effect: Effect) -> dict[str, Any]:
+        """Like :meth:`evaluate`, as JSON with every matching rule."""
+        return self._policies.explain(call, effect, self.clock.now())
+
+    # -- identities and calls ----------------------------------------------------------------
+
+    def mint_token(
+        self,
+        agent_id: str,
+        *,
+        tenant: str,
+        scopes: Iterable[str],
+        roles: Iterable[str] = (),
+        on_behalf_of: str | None = None,
+        run_id: str | None = None,
+        ttl: _dt.timedelta | None = None,
+    ) -> str:
+        return self.issuer.mint(
+            agent_id,
+            tenant,
+            roles=list(roles),
+            scopes=list(scopes),
+            audience=self.config.token_audience,
+            on_behalf_of=on_behalf_of,
+            run_id=run_id,
+            ttl=ttl or _dt.timedelta(seconds=self.config.token_ttl_seconds),
+        )
+
+    def agent(
+        self,
+        agent_id: str,
+        *,
+        tenant: str,
+        scopes: Iterable[str],
+        roles: Iterable[str] = (),
+        on_behalf_of: str | None = None,
+        run_id: str | None = None,
+    ) -> Agent:
+        """An in-process agent identity that holds a short-lived token and renews it."""
+        return Agent(
+            self,
+            agent_id,
+            tenant=tenant,
+            scopes=tuple(scopes),
+            roles=tuple(roles),
+            on_behalf_of=on_behalf_of,
+            run_id=run_id,
+        )
+
+    def call(self, request: CallRequest) -> CallResult:
+        return self.gateway.call(request)
+
+    async def acall(self, request: CallRequest) -> CallResult:
+        return await self.gateway.acall(request)
+
+    # -- operations --------------------------------------------------------------------------
+
+    def verify_audit(self) -> VerifyReport:
+        """Verify every audit chain, its signed checkpoints and the external anchor file."""
+        anchor = self.home / "audit-anchor.jsonl"
+        return verify_chain(
+            self.store,
+            verifier=self.keys,
+            checkpoint_path=anchor if anchor.exists() else None,
+        )
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> App:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Agent:
+    """An agent identity bound to an App; renews its token before it expires. Thread-safe."""
+
+    _RENEW_BEFORE = _dt.timedelta(seconds=60)
+
+    def __init__(
+        self,
+        app: App,
+        agent_id: str,
+        *,
+        tenant: str,
+        scopes: tuple[str, ...],
+        roles: tuple[str, ...],
+        on_behalf_of: str | None,
+        run_id: str | None,
+    ) -> None:
+        self.app = app
+        self.agent_id = agent_id
+        self.tenant = tenant
+        self.scopes = scopes
+        self.roles = roles
+        self.on_behalf_of = on_behalf_of
+        self.run_id = run_id
+        self._lock = threading.Lock()
+        self._token = ""
+        self._expires: _dt.datetime | None = None
+
+    @property
+    def token(self) -> str:
+        now = self.app.clock.now()
+        if self._expires is None or now + self._RENEW_BEFORE >= self._expires:
+            with self._lock:
+                if self._expires is None or now + self._RENEW_BEFORE >= self._expires:
+                    ttl = _dt.timedelta(seconds=self.app.config.token_ttl_seconds)
+                    self._token = self.app.mint_token(
+                        self.agent_id,
+                        tenant=self.tenant,
+                        scopes=self.scopes,
+                        roles=self.roles,
+                        on_behalf_of=self.on_behalf_of,
+                        run_id=self.run_id,
+                        ttl=ttl,
+                    )
+                    self._expires = now + ttl
+        return self._token
+
+    def _request(
+        self,
+        tool: str,
+        arguments: Mapping[str, Any] | None,
+        *,
+        idempotency_key: str | None,
+        run_id: str | None,
+        step_id: str | None,
+        workflow: str | None,
+        tainted: bool,
+        trace_id: str | None,
+    ) -> CallRequest:
+        return CallRequest(
+            tool=tool,
+            arguments=dict(arguments or {}),
+            token=self.token,
+            run_id=run_id or self.run_id,
+            step_id=step_id,
+            workflow=workflow,
+            idempotency_key=idempotency_key,
+            tainted=tainted,
+            trace_id=trace_id,
+        )
+
+    def call(
+        self,
+        tool: str,
+        arguments: Mapping[str, Any] | None = None,
+        *,
+        idempotency_key: str | None = None,
+        run_id: str | None = None,
+        step_id: str | None = None,
+        workflow: str | None = None,
+        tainted: bool = False,
+        trace_id: str | None = None,
+    ) -> CallResult:
+        """Make a governed call; raises the KeelError that stopped it."""
+        request = self._request(
+            tool,
+            arguments,
+            idempotency_key=idempotency_key,
+            run_id=run_id,
+            step_id=step_id,
+            workflow=workflow,
+            tainted=tainted,
+            trace_id=trace_id,
+        )
+        return self.app.gateway.call(request)
+
+    async def acall(
+        self,
+        tool: str,
+        arguments: Mapping[str, Any] | None = None,
+        *,
+        idempotency_key: str | None = None,
+        run_id: str | None = None,
+        step_id: str | None = None,
+        workflow: str | None = None,
+        tainted: bool = False,
+        trace_id: str | None = None,
+    ) -> CallResult:
+        """Async form of :meth:`call`."""
+        request = self._request(
+            tool,
+            arguments,
+            idempotency_key=idempotency_key,
+            run_id=run_id,
+            step_id=step_id,
+            workflow=workflow,
+            tainted=tainted,
+            trace_id=trace_id,
+        )
+        return await self.app.gateway.acall(request)

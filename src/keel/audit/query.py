@@ -1,0 +1,79 @@
+"""Searching the audit log: newest first, by the indexed fields."""
+
+from __future__ import annotations
+
+import datetime as _dt
+from typing import Any, Final
+
+from keel.audit.record import EntryKind, Record, format_ts, record_from_row
+from keel.errors import InvalidRequestError
+from keel.store import Store
+
+__all__ = ["MAX_LIMIT", "query"]
+
+MAX_LIMIT: Final = 10_000
+
+_SELECT: Final = (
+    "SELECT chain, seq, ts, kind, tenant, agent, run_id, tool, decision, rule_id, body, "
+    "prev_hash, hash FROM audit_records"
+)
+
+
+def query(
+    store: Store,
+    run_id: str | None = None,
+    agent: str | None = None,
+    tool: str | None = None,
+    tenant: str | None = None,
+    since: _dt.datetime | None = None,
+    until: _dt.datetime | None = None,
+    decision: str | None = None,
+    limit: int = 100,
+    *,
+    kind: EntryKind | None = None,
+    chain: str | None = None,
+    before_seq: int | None = None,
+) -> list[Record]:
+    """Records matching every given filter, newest (highest ``seq``) first, at most ``limit``.
+
+    ``since`` is inclusive and ``until`` exclusive; both compare the recorded ``ts``, which is
+    wall time and may jump (order is still by ``seq``). ``before_seq`` pages backwards: pass the
+    ``seq`` of the last record of the previous page. Raises ``SchemaVersionError`` for a record
+    written by a newer Keel.
+    """
+    if not 1 <= limit <= MAX_LIMIT:
+        raise InvalidRequestError(
+            f"limit must be between 1 and {MAX_LIMIT}, got {limit}",
+            context={"limit": limit, "max": MAX_LIMIT},
+        )
+    clauses: list[str] = []
+    params: list[Any] = []
+    for column, value in (
+        ("run_id", run_id),
+        ("agent", agent),
+        ("tool", tool),
+        ("tenant", tenant),
+        ("decision", decision),
+        ("kind", kind),
+        ("chain", chain),
+    ):
+        if value is not None:
+            clauses.append(f"{column} = ?")
+            params.append(value)
+    if since is not None:
+        clauses.append("ts >= ?")
+        params.append(format_ts(since))
+    if until is not None:
+        clauses.append("ts < ?")
+        params.append(format_ts(until))
+    if before_seq is not None:
+        clauses.append("seq < ?")
+        params.append(before_seq)
+    sql = _SELECT
+    if clauses:
+        sql += " WHERE " + " AND ".join(clauses)
+    sql += " ORDER BY seq DESC, chain LIMIT ?"
+    params.append(limit)
+    with store.read() as tx:
+        rows = tx.fetchall(sql, params)
+    return [record_from_row(row) for row in rows]

@@ -1,0 +1,66 @@
+"""The demo's tools: ordinary functions registered with ``@app.tool``. No governance in here."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from keel.app import App
+from keel.demo.shop import Shop
+from keel.errors import ToolError
+from keel.tools import ToolContext
+
+__all__ = ["register_tools"]
+
+
+def register_tools(app: App, shop: Shop, tickets: dict[str, dict[str, Any]]) -> None:
+    @app.tool("tickets.read", scope="tickets:read", effect="read")
+    def read_ticket(ticket_id: str) -> dict[str, Any]:
+        """Read a support ticket (its text is untrusted customer input)."""
+        ticket = tickets.get(ticket_id)
+        if ticket is None:
+            raise ToolError(f"no ticket {ticket_id}", retryable=False)
+        return {k: ticket[k] for k in ("id", "customer", "email", "order_id", "subject", "body")}
+
+    @app.tool("orders.lookup", scope="orders:read", effect="read")
+    def lookup_order(order_id: str) -> dict[str, Any]:
+        """Look up an order by id."""
+        order = shop.order(order_id)
+        if order is None:
+            raise ToolError(f"no order {order_id}", retryable=False)
+        return order
+
+    @app.tool("tickets.reply", scope="tickets:write", effect="reversible")
+    def reply(ticket_id: str, message: str) -> dict[str, str]:
+        """Post a reply on a ticket."""
+        shop.reply(ticket_id, message)
+        return {"status": "posted"}
+
+    @app.tool(
+        "billing.refund",
+        scope="billing:write",
+        effect="irreversible",
+        idempotent=True,
+        cost_usd="0.002",
+    )
+    def refund(
+        order_id: str,
+        amount: Decimal,
+        currency: str,
+        destination: str,
+        reason: str,
+        ctx: ToolContext,
+    ) -> dict[str, Any]:
+        """Refund money on an order. Honours idempotency keys: one key, one refund."""
+        return shop.refund(order_id, amount, currency, destination, reason, ctx.idempotency_key)
+
+    @app.tool("email.send", scope="email:send", effect="irreversible")
+    def send_email(to: str, subject: str, body: str) -> dict[str, str]:
+        """Send an email."""
+        return {"message_id": shop.send_mail(to, subject, body)}
+
+    @app.tool("crm.delete_customer", scope="crm:write", effect="irreversible")
+    def delete_customer(email: str) -> dict[str, str]:
+        """Delete a customer record."""
+        shop.delete_customer(email)
+        return {"status": "deleted"}

@@ -1,0 +1,95 @@
+"""What flows through the guard chain: the caller's request, the per-call context, the result."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from keel.core import Call, Principal, Verdict
+from keel.tools import Tool
+
+__all__ = ["CallContext", "CallRequest", "CallResult"]
+
+
+@dataclass(frozen=True, slots=True)
+class CallRequest:
+    """A governed call as a caller submits it, before anything is trusted.
+
+    ``token`` is the agent's signed token. ``idempotency_key`` is optional; inside a run the key
+    defaults to ``run_id`` + ``step_id``. ``tainted`` says untrusted content has entered the
+    context that produced this call (policies may condition on it).
+    """
+
+    tool: str
+    arguments: Mapping[str, Any]
+    token: str
+    run_id: str | None = None
+    step_id: str | None = None
+    workflow: str | None = None
+    idempotency_key: str | None = None
+    tainted: bool = False
+    trace_id: str | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class CallResult:
+    """The outcome of an executed (or replayed, or shadowed) call.
+
+    ``value`` is the tool's normalized result. ``replayed`` is True when an idempotency key
+    returned a recorded outcome without executing. ``shadow`` is True when policy said to record
+    the call and execute nothing (then ``value`` is None). ``record_seq`` is the audit sequence
+    number of the record that describes this call.
+    """
+
+    call_id: str
+    tool: str
+    value: Any
+    verdict: Verdict
+    replayed: bool = False
+    shadow: bool = False
+    record_seq: int | None = None
+    latency_ms: float = 0.0
+
+
+class CallContext:
+    """Mutable state of one call as it passes the guards. Guards read and fill it in order.
+
+    Filled by: authenticate → ``principal``; resolve → ``tool``, ``arguments``, ``args_json``,
+    ``call``; policy → ``verdict``; idempotency → ``idempotency_key``, ``replay``.
+    ``notes`` collects extra facts guards want in the audit record.
+    """
+
+    __slots__ = (
+        "args_json",
+        "arguments",
+        "call",
+        "error",
+        "fingerprint",
+        "idempotency_key",
+        "notes",
+        "principal",
+        "replay",
+        "request",
+        "result",
+        "started",
+        "tool",
+        "verdict",
+    )
+
+    def __init__(self, request: CallRequest, started: float) -> None:
+        self.request = request
+        self.started = started
+        self.principal: Principal | None = None
+        self.tool: Tool | None = None
+        self.arguments: dict[str, Any] | None = None
+        self.args_json: str | None = None
+        self.fingerprint: str | None = None
+        self.call: Call | None = None
+        self.verdict: Verdict | None = None
+        self.idempotency_key: str | None = None
+        self.replay: dict[str, Any] | None = None
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.notes: dict[str, Any] = {}

@@ -1,0 +1,290 @@
+"""The Gateway: the single chokepoint every governed call passes.
+
+    authenticate → resolve + validate → kill switch → scope → policy → [ledger, rate limit,
+    breaker: later guards] → idempotency → approval → execute → after-guards → record
+
+Fail closed: any exception raised inside a guard denies the call; an unexpected one becomes an
+``InternalError``. A denied call never reaches the tool. Every call, denied or executed, leaves one
+audit record, appended in the same transaction as the guards' ``after`` writes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from keel.audit import AuditEntry, AuditLog
+from keel.canonical import digest, sha256_hex
+from keel.core import Clock, Principal, Verdict
+from keel.errors import (
+    ApprovalRequired,
+    InternalError,
+    KeelError,
+    PolicyDenied,
+    ToolError,
+)
+from keel.gateway.context import CallContext, CallRequest, CallResult
+from keel.gateway.guards import Guard
+from keel.store import Store
+from keel.tools import ToolContext
+
+__all__ = ["Gateway", "Redactor"]
+
+
+class Redactor(Protocol):
+    """Returns a copy of a JSON value with secrets and PII replaced. Thread-safe."""
+
+    def redact(self, value: Any) -> Any: ...
+
+
+class Gateway:
+    """Composes guards around tool execution. Thread-safe; one per Keel instance.
+
+    ``guards`` run in the given order. The gateway itself only sequences them, executes the tool
+    and records; every rule lives in a guard.
+    """
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        audit: AuditLog,
+        redactor: Redactor,
+        clock: Clock,
+        guards: Sequence[Guard],
+    ) -> None:
+        self._store = store
+        self._audit = audit
+        self._redactor = redactor
+        self._clock = clock
+        self._guards = tuple(guards)
+        base_after = Guard.after
+        base_abort = Guard.abort
+        self._needs_after = frozenset(g for g in self._guards if type(g).after is not base_after)
+        self._needs_abort = frozenset(g for g in self._guards if type(g).abort is not base_abort)
+
+    @property
+    def guards(self) -> tuple[Guard, ...]:
+        return self._guards
+
+    # -- entry points --------------------------------------------------------------------------
+
+    def call(self, request: CallRequest) -> CallResult:
+        """Govern and execute ``request`` on this thread. Raises the KeelError that stopped it."""
+        ctx, ran = self._before(request)
+        if ctx.replay is None and not ctx.notes.get("shadow"):
+            tool = ctx.tool
+            assert tool is not None and ctx.arguments is not None
+            try:
+                ctx.result = tool.spec.normalize_result(
+                    tool.invoke(ctx.arguments, self._tool_context(ctx))
+                )
+            except Exception as exc:  # recorded, then re-raised as a KeelError
+                ctx.error = _as_tool_error(exc, tool.spec.name)
+        return self._finish(ctx, ran)
+
+    async def acall(self, request: CallRequest) -> CallResult:
+        """Async form of :meth:`call`; async tools are awaited, sync tools run in a thread."""
+        ctx, ran = self._before(request)
+        if ctx.replay is None and not ctx.notes.get("shadow"):
+            tool = ctx.tool
+            assert tool is not None and ctx.arguments is not None
+            try:
+                ctx.result = tool.spec.normalize_result(
+                    await tool.ainvoke(ctx.arguments, self._tool_context(ctx))
+                )
+            except Exception as exc:
+                ctx.error = _as_tool_error(exc, tool.spec.name)
+        return self._finish(ctx, ran)
+
+    # -- pipeline ------------------------------------------------------------------------------
+
+    def _before(self, request: CallRequest) -> tuple[CallContext, list[Guard]]:
+        ctx = CallContext(request, self._clock.monotonic())
+        ran: list[Guard] = []
+        stage = "start"
+        try:
+            for guard in self._guards:
+                stage = guard.name
+                guard.before(ctx)
+                ran.append(guard)
+                if ctx.replay is not None:
+                    break
+        except Exception as exc:  # fail closed: any guard failure denies
+            error = exc if isinstance(exc, KeelError) else _internal(exc, stage)
+            self._deny(ctx, ran, error, stage)
+            raise error from (None if error is exc else exc)
+        verdict = ctx.verdict
+        if verdict is not None and verdict.shadow and ctx.replay is None:
+            ctx.notes["shadow"] = True
+        return ctx, ran
+
+    def _deny(self, ctx: CallContext, ran: list[Guard], error: KeelError, stage: str) -> None:
+        verdict = ctx.verdict
+        if verdict is None or not isinstance(error, (PolicyDenied, ApprovalRequired)):
+            verdict = Verdict(
+                decision="deny",
+                rule_id=str(error.context.get("rule_id") or f"{stage}:{error.code}"),
+                reason=error.message,
+                policy_hash=verdict.policy_hash if verdict else "",
+            )
+        body = self._body(ctx, verdict)
+        body["stage"] = stage
+        body["error"] = {"code": error.code, "message": error.message}
+        entry = self._entry(ctx, "decision", verdict, body)
+        with self._store.write() as tx:
+            for guard in reversed(ran):
+                if guard in self._needs_abort:
+                    guard.abort(ctx, tx)
+            record = self._audit.append(tx, entry)
+        error.context.setdefault("record_seq", record.seq)
+        error.context.setdefault("rule_id", verdict.rule_id)
+
+    def _finish(self, ctx: CallContext, ran: list[Guard]) -> CallResult:
+        verdict = ctx.verdict
+        assert verdict is not None and ctx.call is not None
+        latency_ms = (self._clock.monotonic() - ctx.started) * 1000.0
+        body = self._body(ctx, verdict)
+        body["latency_ms"] = round(latency_ms, 3)
+        replay = ctx.replay
+        shadow = bool(ctx.notes.get("shadow"))
+        if replay is not None:
+            body["replayed"] = True
+            body["replay_of"] = replay.get("call_id")
+            body["outcome_ok"] = replay.get("ok")
+            kind = "decision"
+        elif shadow:
+            body["shadow"] = True
+            kind = "decision"
+        else:
+            kind = "call"
+            if ctx.error is None:
+                outcome_json = ctx.result
+                body["outcome_digest"] = digest(outcome_json)
+                body["outcome"] = self._redactor.redact(outcome_json)
+            else:
+                error = ctx.error
+                body["error"] = {
+                    "code": getattr(error, "code", "tool_error"),
+                    "message": self._redactor.redact(str(error)),
+                    "retryable": bool(getattr(error, "retryable", False)),
+                }
+        entry = self._entry(ctx, kind, verdict, body)
+        with self._store.write() as tx:
+            for guard in reversed(ran):
+                if guard in self._needs_after:
+                    guard.after(ctx, tx)
+            record = self._audit.append(tx, entry)
+        if replay is not None:
+            if not replay.get("ok"):
+                raise ToolError(
+                    str(replay.get("message", "the recorded call failed")),
+                    code=str(replay.get("error", "tool_error")),
+                    retryable=False,
+                    context={"replayed": True, "record_seq": record.seq},
+                )
+            return CallResult(
+                call_id=ctx.call.call_id,
+                tool=ctx.call.target,
+                value=replay.get("value"),
+                verdict=verdict,
+                replayed=True,
+                record_seq=record.seq,
+                latency_ms=latency_ms,
+            )
+        if ctx.error is not None:
+            error = ctx.error
+            if isinstance(error, KeelError):
+                error.context.setdefault("record_seq", record.seq)
+            raise error
+        return CallResult(
+            call_id=ctx.call.call_id,
+            tool=ctx.call.target,
+            value=None if shadow else ctx.result,
+            verdict=verdict,
+            shadow=shadow,
+            record_seq=record.seq,
+            latency_ms=latency_ms,
+        )
+
+    # -- records -------------------------------------------------------------------------------
+
+    def _body(self, ctx: CallContext, verdict: Verdict) -> dict[str, Any]:
+        principal: Principal | None = ctx.principal
+        request = ctx.request
+        body: dict[str, Any] = {
+            "principal": principal.to_record() if principal else None,
+            "verdict": verdict.to_record(),
+            "trace_id": request.trace_id,
+        }
+        if ctx.tool is not None:
+            body["effect"] = ctx.tool.spec.effect
+        if ctx.args_json is not None:
+            body["args_digest"] = "sha256:" + sha256_hex(ctx.args_json)
+            body["args"] = self._redactor.redact(ctx.arguments)
+        if ctx.idempotency_key is not None:
+            body["idempotency_key"] = ctx.idempotency_key
+        if request.tainted:
+            body["tainted"] = True
+        if ctx.notes:
+            body["notes"] = {k: v for k, v in ctx.notes.items() if k != "shadow"} or None
+        return body
+
+    def _entry(
+        self, ctx: CallContext, kind: str, verdict: Verdict, body: dict[str, Any]
+    ) -> AuditEntry:
+        principal = ctx.principal
+        call = ctx.call
+        request = ctx.request
+        return AuditEntry(
+            kind=kind,  # type: ignore[arg-type]
+            tenant=principal.tenant if principal else None,
+            agent=principal.agent_id if principal else None,
+            run_id=call.run_id if call else request.run_id,
+            step_id=request.step_id,
+            tool=call.target if call else _printable(request.tool),
+            call_id=call.call_id if call else None,
+            decision=verdict.decision,
+            rule_id=verdict.rule_id,
+            body=body,
+        )
+
+    @staticmethod
+    def _tool_context(ctx: CallContext) -> ToolContext:
+        call = ctx.call
+        assert call is not None
+        principal = call.principal
+        return ToolContext(
+            call_id=call.call_id,
+            tool=call.target,
+            tenant=principal.tenant,
+            agent_id=principal.agent_id,
+            idempotency_key=ctx.idempotency_key,
+            run_id=call.run_id,
+            step_id=call.step_id,
+            on_behalf_of=principal.on_behalf_of,
+        )
+
+
+def _printable(name: object) -> str | None:
+    """A tool name as it may be stored in a record of a refused call (escaped, bounded)."""
+    if not isinstance(name, str):
+        return None
+    return name.encode("unicode_escape").decode("ascii")[:200]
+
+
+def _internal(exc: Exception, stage: str) -> InternalError:
+    return InternalError(
+        f"guard {stage!r} failed: {type(exc).__name__}: {exc}; the call was denied (fail closed)",
+        context={"stage": stage},
+    )
+
+
+def _as_tool_error(exc: Exception, tool: str) -> KeelError:
+    if isinstance(exc, KeelError):
+        return exc
+    return ToolError(
+        f"tool {tool} raised {type(exc).__name__}: {exc}",
+        retryable=False,
+        context={"tool": tool, "exception": type(exc).__name__},
+    )

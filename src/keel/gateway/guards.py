@@ -1,0 +1,255 @@
+"""The guards of the governed call. Each owns one concern; only the Gateway composes them.
+
+A guard's ``before`` runs in chain order: it fills the CallContext, or raises a KeelError to stop
+the call (the gateway records the denial). Guards that hold something for the call (an
+idempotency claim, a budget reservation) also implement ``after`` (the call executed; runs inside
+the transaction that appends the audit record) and ``abort`` (the call was stopped later in the
+chain or failed before executing). Guards must be thread-safe and must not block for long.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from typing import Any, Protocol
+
+from keel.canonical import check_depth, check_limits, sha256_hex
+from keel.core import Call, Clock, Effect, Principal, Verdict
+from keel.errors import (
+    ApprovalRequired,
+    AuthorizationError,
+    InternalError,
+    InvalidRequestError,
+    KillSwitchEngaged,
+    PolicyDenied,
+)
+from keel.gateway.context import CallContext
+from keel.gateway.idempotency import IdempotencyKeys
+from keel.gateway.killswitch import KillSwitches
+from keel.store import Transaction
+from keel.tools import ToolRegistry
+
+__all__ = [
+    "ApprovalGate",
+    "AuthenticateGuard",
+    "Authenticator",
+    "Decider",
+    "Guard",
+    "IdempotencyGuard",
+    "KillSwitchGuard",
+    "PolicyGuard",
+    "ResolveGuard",
+    "ScopeGuard",
+]
+
+
+class Authenticator(Protocol):
+    """Turns a presented token into a verified Principal or raises AuthenticationError."""
+
+    def verify(self, token: str) -> Principal: ...
+
+
+class Decider(Protocol):
+    """Decides a call under policy. Must be deterministic and never raise for a valid call."""
+
+    def evaluate(self, call: Call, effect: Effect, now: _dt.datetime) -> Verdict: ...
+
+
+class Guard:
+    """Base class: a guard that passes everything. Override what the concern needs."""
+
+    name = "guard"
+
+    def before(self, ctx: CallContext) -> None:
+        """Check or prepare the call; raise a KeelError to stop it."""
+
+    def after(self, ctx: CallContext, tx: Transaction) -> None:
+        """The call executed (successfully or not); ``tx`` is the record transaction."""
+
+    def abort(self, ctx: CallContext, tx: Transaction) -> None:
+        """The call was stopped after this guard's ``before`` ran; undo what it holds."""
+
+
+class AuthenticateGuard(Guard):
+    name = "authenticate"
+
+    def __init__(self, authenticator: Authenticator) -> None:
+        self._auth = authenticator
+
+    def before(self, ctx: CallContext) -> None:
+        ctx.principal = self._auth.verify(ctx.request.token)
+
+
+class ResolveGuard(Guard):
+    """Resolve the tool, enforce size/depth limits and validate the arguments; build the Call."""
+
+    name = "resolve"
+
+    def __init__(self, registry: ToolRegistry, *, max_bytes: int, max_depth: int) -> None:
+        self._registry = registry
+        self._max_bytes = max_bytes
+        self._max_depth = max_depth
+
+    def before(self, ctx: CallContext) -> None:
+        request = ctx.request
+        principal = ctx.principal
+        assert principal is not None
+        tool = self._registry.get(request.tool)
+        ctx.tool = tool
+        raw = request.arguments
+        if not isinstance(raw, dict):
+            raise InvalidRequestError(
+                f"arguments for {tool.spec.name} must be a JSON object, got {type(raw).__name__}",
+                code="invalid_arguments",
+            )
+        check_depth(raw, max_depth=self._max_depth)
+        arguments = tool.spec.arguments.validate(tool.spec.name, raw)
+        ctx.arguments = arguments
+        args_json = check_limits(arguments, max_bytes=self._max_bytes, max_depth=self._max_depth)
+        ctx.args_json = args_json
+        ctx.fingerprint = sha256_hex(tool.spec.name + "\n" + args_json)
+        run_id = request.run_id or principal.run_id
+        ctx.call = Call(
+            kind="tool",
+            target=tool.spec.name,
+            arguments=arguments,
+            principal=principal,
+            run_id=run_id,
+            step_id=request.step_id,
+            workflow=request.workflow,
+            idempotency_key=request.idempotency_key,
+            tainted=request.tainted,
+            metadata=request.metadata,
+        )
+
+
+class KillSwitchGuard(Guard):
+    name = "kill_switch"
+
+    def __init__(self, switches: KillSwitches) -> None:
+        self._switches = switches
+
+    def before(self, ctx: CallContext) -> None:
+        assert ctx.call is not None
+        switch = self._switches.engaged_for(ctx.call)
+        if switch is not None:
+            target = "everything" if switch.scope == "global" else f"{switch.scope} {switch.target}"
+            raise KillSwitchEngaged(
+                f"kill switch engaged for {target}: {switch.reason}",
+                context={
+                    "rule_id": f"kill:{switch.scope}:{switch.target}",
+                    "scope": switch.scope,
+                    "target": switch.target,
+                    "actor": switch.actor,
+                },
+            )
+
+
+class ScopeGuard(Guard):
+    """The principal must hold the tool's required scope, whatever policy would say."""
+
+    name = "scope"
+
+    def before(self, ctx: CallContext) -> None:
+        assert ctx.principal is not None and ctx.tool is not None
+        scope = ctx.tool.spec.scope
+        if not ctx.principal.has_scope(scope):
+            raise AuthorizationError(
+                f"agent {ctx.principal.agent_id} lacks scope {scope!r} needed by "
+                f"{ctx.tool.spec.name}",
+                code="missing_scope",
+                context={"tool": ctx.tool.spec.name, "scope": scope},
+            )
+
+
+class PolicyGuard(Guard):
+    name = "policy"
+
+    def __init__(self, decider: Decider, clock: Clock) -> None:
+        self._decider = decider
+        self._clock = clock
+
+    def before(self, ctx: CallContext) -> None:
+        assert ctx.call is not None and ctx.tool is not None
+        verdict = self._decider.evaluate(ctx.call, ctx.tool.spec.effect, self._clock.now())
+        if not isinstance(verdict, Verdict):
+            raise InternalError(f"policy returned {type(verdict).__name__}, not a Verdict")
+        ctx.verdict = verdict
+        if verdict.decision == "deny":
+            raise PolicyDenied(
+                verdict.reason,
+                context={"rule_id": verdict.rule_id, "policy_hash": verdict.policy_hash},
+            )
+
+
+class IdempotencyGuard(Guard):
+    """Claims the call's idempotency key, or short-circuits with the recorded outcome."""
+
+    name = "idempotency"
+
+    def __init__(self, keys: IdempotencyKeys, clock: Clock) -> None:
+        self._keys = keys
+        self._clock = clock
+
+    def before(self, ctx: CallContext) -> None:
+        call = ctx.call
+        assert call is not None and ctx.fingerprint is not None
+        key = call.idempotency_key
+        if key is None and call.run_id is not None and call.step_id is not None:
+            key = f"{call.run_id}/{call.step_id}"
+        if key is None:
+            return
+        stored = self._keys.claim(
+            call.principal.tenant, key, ctx.fingerprint, call.call_id, self._clock.now()
+        )
+        ctx.idempotency_key = key
+        if stored is not None:
+            ctx.replay = stored
+
+    def after(self, ctx: CallContext, tx: Transaction) -> None:
+        if ctx.idempotency_key is None or ctx.replay is not None:
+            return
+        assert ctx.call is not None
+        outcome: dict[str, Any]
+        error = ctx.error
+        if error is None:
+            outcome = {"ok": True, "value": ctx.result, "call_id": ctx.call.call_id}
+        else:
+            outcome = {
+                "ok": False,
+                "error": getattr(error, "code", "tool_error"),
+                "message": str(error),
+                "retryable": bool(getattr(error, "retryable", False)),
+                "call_id": ctx.call.call_id,
+            }
+        self._keys.complete(
+            tx, ctx.call.principal.tenant, ctx.idempotency_key, outcome, succeeded=error is None
+        )
+
+    def abort(self, ctx: CallContext, tx: Transaction) -> None:
+        if ctx.idempotency_key is not None and ctx.replay is None and ctx.call is not None:
+            self._keys.release(tx, ctx.call.principal.tenant, ctx.idempotency_key)
+
+
+class ApprovalGate(Guard):
+    """Stops calls whose verdict needs a person (``require_approval`` / ``escalate``).
+
+    The durable-runtime layer replaces this with a guard that accepts a valid approval token.
+    """
+
+    name = "approval"
+
+    def before(self, ctx: CallContext) -> None:
+        verdict = ctx.verdict
+        if verdict is None or verdict.decision in ("allow", "deny"):
+            return
+        what = "escalated" if verdict.decision == "escalate" else "needs approval"
+        raise ApprovalRequired(
+            f"{verdict.reason} — the call {what}",
+            code="escalated" if verdict.decision == "escalate" else "approval_required",
+            context={
+                "rule_id": verdict.rule_id,
+                "approvals_required": verdict.approvals_required,
+                "approvers": list(verdict.approvers),
+                "escalate_to": verdict.escalate_to,
+            },
+        )

@@ -1,0 +1,28 @@
+"""Tools: contracts, canonical names, the registry and adapters. Knows nothing of governance."""
+
+from __future__ import annotations
+
+from keel.tools.contract import (
+    ArgumentValidator,
+    JSONSchemaValidator,
+    ModelValidator,
+    ReconcileHook,
+    ToolContext,
+    ToolSpec,
+)
+from keel.tools.function import FunctionTool, Tool
+from keel.tools.names import check_tool_name
+from keel.tools.registry import ToolRegistry
+
+__all__ = [
+    "ArgumentValidator",
+    "FunctionTool",
+    "JSONSchemaValidator",
+    "ModelValidator",
+    "ReconcileHook",
+    "Tool",
+    "ToolContext",
+    "ToolRegistry",
+    "ToolSpec",
+    "check_tool_name",
+]

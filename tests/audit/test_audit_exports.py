@@ -1,0 +1,37 @@
+"""The public surface of keel.audit, pinned."""
+
+from __future__ import annotations
+
+import keel.audit
+
+EXPECTED = {
+    "AUDIT_SCHEMA_VERSION",
+    "BODY_KEYS",
+    "GENESIS_HASH",
+    "REDACTION_KINDS",
+    "RESERVED_BODY_KEYS",
+    "AuditEntry",
+    "AuditLog",
+    "Checkpoint",
+    "EntryKind",
+    "Problem",
+    "Record",
+    "Redactor",
+    "Signer",
+    "Verifier",
+    "VerifyReport",
+    "chain_hash",
+    "query",
+    "verify_chain",
+}
+
+
+def test_exported_members() -> None:
+    assert set(keel.audit.__all__) == EXPECTED
+    for name in keel.audit.__all__:
+        assert getattr(keel.audit, name) is not None
+
+
+def test_protocols_are_satisfied_structurally(keys: object) -> None:
+    assert isinstance(keys, keel.audit.Signer)
+    assert isinstance(keys, keel.audit.Verifier)

@@ -1,0 +1,324 @@
+"""Verification finds every kind of tampering, and where it starts (ATTACKS.md #40).
+
+The attacker edits the SQLite file (and the anchor file) directly with the stdlib sqlite3 module.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from keel.audit import AuditEntry, AuditLog, VerifyReport, chain_hash, verify_chain
+from keel.store import Store, open_store
+from keel.testing import FrozenClock
+
+Entry = Callable[..., AuditEntry]
+COLUMNS = "chain, seq, ts, kind, tenant, agent, run_id, tool, decision, rule_id, body, prev_hash"
+
+
+def build(
+    path: Path,
+    entry: Entry,
+    n: int,
+    keys: Any = None,
+    every: int = 1000,
+    anchors: Path | None = None,
+) -> None:
+    with open_store("sqlite:///" + str(path)) as store:
+        log = AuditLog(
+            store, FrozenClock(), signer=keys, checkpoint_every=every, checkpoint_path=anchors
+        )
+        for i in range(n):
+            log.record(entry(i))
+
+
+def check(path: Path, **kwargs: Any) -> VerifyReport:
+    with open_store("sqlite:///" + str(path)) as store:
+        return verify_chain(store, **kwargs)
+
+
+@pytest.fixture
+def chain10(db_path: Path, entry: Entry) -> Path:
+    build(db_path, entry, 10)
+    return db_path
+
+
+def test_untouched_log_verifies(chain10: Path) -> None:
+    report = check(chain10)
+    assert report.ok
+    assert report.records_checked == 10
+    assert report.chains == ("main",)
+    assert report.first_bad_seq is None and report.problem is None
+    assert report.summary().startswith("audit log OK: 10 records")
+
+
+def test_empty_log_verifies(store: Store) -> None:
+    report = verify_chain(store)
+    assert report.ok and report.records_checked == 0 and report.chains == ()
+
+
+def test_modified_record(chain10: Path, attacker: Any) -> None:
+    attacker.sql(chain10, "UPDATE audit_records SET tool = 'wire_money' WHERE seq = 7")
+    report = check(chain10)
+    assert not report.ok
+    assert report.first_bad_seq == 7 and report.first_bad_chain == "main"
+    assert report.problem == "record 7: hash does not match its content (modified)"
+    assert "FAILED" in report.summary()
+
+
+def test_deleted_record(chain10: Path, attacker: Any) -> None:
+    attacker.sql(chain10, "DELETE FROM audit_records WHERE seq = 4")
+    report = check(chain10)
+    assert report.first_bad_seq == 4
+    assert report.problem == "record 4 missing (deleted) — seq jumps from 3 to 5"
+
+
+def test_deleted_range_and_first_record(chain10: Path, attacker: Any) -> None:
+    attacker.sql(chain10, "DELETE FROM audit_records WHERE seq IN (1, 2, 6, 7, 8)")
+    report = check(chain10)
+    assert report.first_bad_seq == 1
+    assert report.problem == "records 1..2 missing (deleted) — the chain starts at seq 3"
+    assert [p.seq for p in report.problems] == [1, 6]
+    assert report.problems[1].message == "records 6..8 missing (deleted) — seq jumps from 5 to 9"
+
+
+def test_swapped_records(chain10: Path, attacker: Any) -> None:
+    attacker.sql(
+        chain10,
+        "UPDATE audit_records SET seq = -1 WHERE seq = 3",
+        "UPDATE audit_records SET seq = 3 WHERE seq = 6",
+        "UPDATE audit_records SET seq = 6 WHERE seq = -1",
+    )
+    report = check(chain10)
+    assert report.first_bad_seq == 3
+    assert report.problem == "record 3: hash does not match its content (modified)"
+
+
+def rehash(path: Path, attacker: Any, seq: int, prev_hash: str | None = None) -> None:
+    """What a smarter attacker does: recompute the hash of a record it changed."""
+    [row] = attacker.rows(path, f"SELECT {COLUMNS} FROM audit_records WHERE seq = ?", (seq,))
+    values = [v.decode() if isinstance(v, bytes) else v for v in row]
+    if prev_hash is not None:
+        values[11] = prev_hash
+    attacker.sql(
+        path,
+        (
+            "UPDATE audit_records SET prev_hash = ?, hash = ? WHERE seq = ?",
+            (values[11], chain_hash(*values), seq),
+        ),
+    )
+
+
+def test_reordered_records_with_recomputed_hashes(chain10: Path, attacker: Any) -> None:
+    attacker.sql(
+        chain10,
+        "UPDATE audit_records SET seq = -1 WHERE seq = 8",
+        "UPDATE audit_records SET seq = 8 WHERE seq = 9",
+        "UPDATE audit_records SET seq = 9 WHERE seq = -1",
+    )
+    rehash(chain10, attacker, 8)
+    rehash(chain10, attacker, 9)
+    report = check(chain10)
+    assert report.first_bad_seq == 8
+    assert report.problem == "record 8: prev_hash does not match record 7 (reordered or altered)"
+
+
+def test_inserted_records(chain10: Path, attacker: Any) -> None:
+    # a record slipped in before the start of the chain
+    attacker.sql(
+        chain10,
+        f"INSERT INTO audit_records ({COLUMNS}, hash) SELECT chain, 0, ts, kind, tenant, agent, "
+        "run_id, tool, decision, rule_id, body, prev_hash, hash FROM audit_records WHERE seq = 1",
+    )
+    report = check(chain10)
+    assert not report.ok
+    assert report.problem == "record 0: sequence numbers start at 1 (inserted)"
+
+
+def test_inserted_in_the_middle_with_recomputed_hash(chain10: Path, attacker: Any) -> None:
+    """Making room shifts the later records, whose hashes cover their seq: the chain breaks at
+    the first shifted record even though the forged one is self-consistent."""
+    for seq in range(10, 4, -1):
+        attacker.sql(chain10, f"UPDATE audit_records SET seq = {seq + 1} WHERE seq = {seq}")
+    attacker.sql(
+        chain10,
+        f"INSERT INTO audit_records ({COLUMNS}, hash) SELECT chain, 5, ts, kind, tenant, agent, "
+        "run_id, 'wire_money', decision, rule_id, body, hash, '' FROM audit_records WHERE seq = 4",
+    )
+    rehash(chain10, attacker, 5)
+    report = check(chain10)
+    assert report.first_bad_seq == 6
+    assert report.problem == "record 6: hash does not match its content (modified)"
+
+
+def test_duplicate_rows_after_dropping_the_primary_key(chain10: Path, attacker: Any) -> None:
+    attacker.sql(
+        chain10,
+        "CREATE TABLE copy AS SELECT * FROM audit_records",
+        "DROP TABLE audit_records",
+        "ALTER TABLE copy RENAME TO audit_records",
+        "INSERT INTO audit_records SELECT * FROM audit_records WHERE seq = 5",
+    )
+    report = check(chain10)
+    assert report.first_bad_seq == 5
+    assert report.problem == "record 5 appears more than once (inserted)"
+
+
+def test_invalid_utf8_and_foreign_types_are_named(chain10: Path, attacker: Any) -> None:
+    attacker.sql(
+        chain10,
+        ("UPDATE audit_records SET tenant = CAST(? AS TEXT) WHERE seq = 6", (b"ac\xffme",)),
+        ("UPDATE audit_records SET agent = ? WHERE seq = 8", (b"agent-1",)),
+    )
+    report = check(chain10)
+    assert report.first_bad_seq == 6
+    assert [p.seq for p in report.problems] == [6, 8]
+    assert all("hash does not match" in p.message for p in report.problems)
+
+
+def test_non_numeric_seq(chain10: Path, attacker: Any) -> None:
+    attacker.sql(chain10, "UPDATE audit_records SET seq = 'x' WHERE seq = 10")
+    report = check(chain10)
+    assert not report.ok  # the last record's seq became text: it is not in the chain any more
+    assert report.problem == "a record has seq 'x', which is not a number (modified)"
+
+
+# -- checkpoints and truncation ------------------------------------------------------------------
+
+
+@pytest.fixture
+def signed(db_path: Path, entry: Entry, keys: Any, anchor_path: Path) -> Path:
+    build(db_path, entry, 23, keys=keys, every=5, anchors=anchor_path)
+    return db_path
+
+
+def test_signed_log_verifies(signed: Path, keys: Any, anchor_path: Path) -> None:
+    report = check(signed, verifier=keys, checkpoint_path=anchor_path)
+    assert report.ok, report.problem
+    assert (report.checkpoints_checked, report.signatures_checked) == (4, 4)
+    unsigned = check(signed)
+    assert unsigned.ok
+    assert unsigned.notes == ("checkpoint signatures were not checked (no verifier given)",)
+
+
+def test_truncation_caught_by_the_checkpoint_table(signed: Path, attacker: Any, keys: Any) -> None:
+    attacker.sql(signed, "DELETE FROM audit_records WHERE seq > 17")
+    report = check(signed, verifier=keys)
+    assert report.first_bad_seq == 18
+    assert report.problem == (
+        "truncated: checkpoint at seq 20 signed by key k1 but the log ends at 17"
+    )
+
+
+def test_truncation_of_records_and_checkpoints_caught_by_the_anchor_file(
+    signed: Path, attacker: Any, keys: Any, anchor_path: Path
+) -> None:
+    attacker.sql(
+        signed,
+        "DELETE FROM audit_records WHERE seq > 12",
+        "DELETE FROM audit_checkpoints WHERE seq > 12",
+    )
+    assert check(signed, verifier=keys).ok  # the database alone looks consistent
+    report = check(signed, verifier=keys, checkpoint_path=anchor_path)
+    assert report.first_bad_seq == 13
+    assert report.problem == (
+        "truncated: checkpoint at seq 20 signed by key k1 but the log ends at 12"
+    )
+
+
+def test_everything_deleted(signed: Path, attacker: Any, keys: Any, anchor_path: Path) -> None:
+    attacker.sql(signed, "DELETE FROM audit_records", "DELETE FROM audit_checkpoints")
+    report = check(signed, verifier=keys, checkpoint_path=anchor_path)
+    assert report.first_bad_seq == 1 and report.first_bad_chain == "main"
+    assert report.problem == (
+        "truncated: checkpoint at seq 20 signed by key k1 but the log has no records"
+    )
+
+
+def test_deleted_anchor_file(signed: Path, keys: Any, anchor_path: Path) -> None:
+    anchor_path.unlink()
+    report = check(signed, verifier=keys, checkpoint_path=anchor_path)
+    assert not report.ok
+    assert report.problem is not None and "anchor file" in report.problem
+
+
+def test_malformed_anchor_line(signed: Path, keys: Any, anchor_path: Path) -> None:
+    with anchor_path.open("a") as handle:
+        handle.write("{not json\n")
+    report = check(signed, verifier=keys, checkpoint_path=anchor_path)
+    assert report.problem == "anchor file line 5 is malformed (modified)"
+
+
+def test_forged_checkpoint_signature(signed: Path, attacker: Any, keys: Any) -> None:
+    attacker.sql(
+        signed,
+        "UPDATE audit_checkpoints SET signature = '00' || substr(signature, 3) WHERE seq = 10",
+    )
+    report = check(signed, verifier=keys)
+    assert report.first_bad_seq == 10
+    assert report.problem == "checkpoint at seq 10 (key k1): checkpoint signature invalid"
+
+
+def test_checkpoint_of_an_unknown_key(signed: Path, make_keys: Callable[[str], Any]) -> None:
+    report = check(signed, verifier=make_keys("k2"))
+    assert not report.ok
+    assert all("signature invalid" in p.message for p in report.problems)
+
+
+def test_rewritten_log_is_caught_by_the_signed_checkpoint(
+    signed: Path, attacker: Any, keys: Any, anchor_path: Path
+) -> None:
+    """The attacker changes record 3 and recomputes every hash after it: the chain is
+    self-consistent again, but no longer matches what was signed at seq 5."""
+    attacker.sql(signed, "UPDATE audit_records SET decision = 'allow' WHERE seq = 3")
+    [[prev]] = attacker.rows(signed, "SELECT hash FROM audit_records WHERE seq = 2")
+    prev_hash = prev.decode()
+    for seq in range(3, 24):
+        rehash(signed, attacker, seq, prev_hash)
+        [[new]] = attacker.rows(signed, "SELECT hash FROM audit_records WHERE seq = ?", (seq,))
+        prev_hash = new.decode()
+    report = check(signed, verifier=keys)
+    assert report.first_bad_seq == 5
+    assert report.problem == (
+        "record 5 does not match the checkpoint signed by key k1 at seq 5 (log rewritten)"
+    )
+    # rewriting the checkpoints too only moves the failure to their signatures
+    attacker.sql(
+        signed,
+        "UPDATE audit_checkpoints SET hash = (SELECT hash FROM audit_records r "
+        "WHERE r.chain = audit_checkpoints.chain AND r.seq = audit_checkpoints.seq)",
+    )
+    report = check(signed, verifier=keys)
+    assert report.problem == "checkpoint at seq 5 (key k1): checkpoint signature invalid"
+    anchored = check(signed, checkpoint_path=anchor_path)  # even unsigned, the file disagrees
+    assert anchored.first_bad_seq == 5
+
+
+def test_several_chains(store: Store, db_path: Path, attacker: Any, entry: Entry) -> None:
+    for name in ("main", "billing"):
+        log = AuditLog(store, FrozenClock(), chain=name)
+        for i in range(4):
+            log.record(entry(i))
+    attacker.sql(db_path, "DELETE FROM audit_records WHERE chain = 'main' AND seq = 2")
+    report = verify_chain(store)
+    assert report.chains == ("billing", "main")
+    assert (report.first_bad_chain, report.first_bad_seq) == ("main", 2)
+    assert verify_chain(store, chain="billing").ok
+
+
+def test_the_report_streams_large_logs(db_path: Path, entry: Entry) -> None:
+    build(db_path, entry, 5000)
+    report = check(db_path)
+    assert report.ok and report.records_checked == 5000
+
+
+def test_rows_can_be_read_back_like_the_verifier_does(chain10: Path, attacker: Any) -> None:
+    """The raw rows the attacker sees hash to the stored hash (the test helper is sound)."""
+    for row in attacker.rows(chain10, f"SELECT {COLUMNS}, hash FROM audit_records"):
+        values = [v.decode() if isinstance(v, bytes) else v for v in row]
+        assert chain_hash(*values[:12]) == values[12]
+    assert json.loads(attacker.rows(chain10, "SELECT body FROM audit_records")[0][0])["n"] == 0
