@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import gc
+import sqlite3
 import statistics
 import tempfile
 import time
@@ -132,9 +133,33 @@ def main() -> None:
         )
 
     with tempfile.TemporaryDirectory() as tmp:
-        config = KeelConfig(
-            store_url=f"sqlite:///{tmp}/bench.db", home=Path(tmp) / "home", audit_anchor_file=False
-        )
+        floor = sqlite3.connect(f"{tmp}/floor.db", isolation_level=None)
+        floor.execute("PRAGMA journal_mode=WAL")
+        floor.execute("PRAGMA synchronous=NORMAL")
+        floor.execute("PRAGMA wal_autocheckpoint=10000")
+        floor.execute("CREATE TABLE t (seq INTEGER PRIMARY KEY, body TEXT)")
+        row = "x" * 1200
+
+        def commit_one(i: int) -> None:
+            floor.execute("BEGIN IMMEDIATE")
+            floor.execute("INSERT INTO t (body) VALUES (?)", (row,))
+            floor.execute("COMMIT")
+
+        results["floor: one 1.2 KB insert + WAL commit"] = measure(commit_one, n)
+        floor.close()
+
+    for label, in_memory in (("", False), (", in-memory store", True)):
+        run_keel(results, arguments, n, label, in_memory)
+
+    report(results)
+
+
+def run_keel(
+    results: dict[str, list[float]], arguments: dict[str, Any], n: int, label: str, in_memory: bool
+) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        url = "sqlite:///:memory:" if in_memory else f"sqlite:///{tmp}/bench.db"
+        config = KeelConfig(store_url=url, home=Path(tmp) / "home", audit_anchor_file=False)
         with App(config) as app:
             app.load_policy(HERE / "bench_policy.yaml")
             app.tool(
@@ -157,20 +182,23 @@ def main() -> None:
             )
             now = _dt.datetime.now(_dt.UTC)
             assert app.explain(call, "irreversible")["verdict"] == "allow"
-            results["keel policy decision (20 rules)"] = measure(
-                lambda i: app.evaluate(call, "irreversible", now), n
-            )
-            results["keel token verify (cached)"] = measure(
-                lambda i: app.verifier.verify(agent.token), n
-            )
-            results["keel governed call, no idempotency key"] = measure(
-                lambda i: agent.call("billing.refund", arguments), n
-            )
-            results["keel governed call (idempotency key)"] = measure(
+            if not in_memory:
+                results["keel policy decision (20 rules)"] = measure(
+                    lambda i: app.evaluate(call, "irreversible", now), n
+                )
+                results["keel token verify (cached)"] = measure(
+                    lambda i: app.verifier.verify(agent.token), n
+                )
+                results["keel governed call, no idempotency key"] = measure(
+                    lambda i: agent.call("billing.refund", arguments), n
+                )
+            results[f"keel governed call (idempotency key){label}"] = measure(
                 lambda i: agent.call("billing.refund", arguments, idempotency_key=f"k{i}"), n
             )
             assert app.verify_audit().ok
 
+
+def report(results: dict[str, list[float]]) -> None:
     width = max(len(k) for k in results)
     print(f"\n{'measurement':{width}}  {'p50 µs':>9}  {'p99 µs':>9}  {'mean µs':>9}")
     for name, samples in results.items():

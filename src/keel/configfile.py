@@ -65,7 +65,7 @@ def _read_file(path: Path) -> dict[str, Any]:
                 f"known settings: {', '.join(sorted(known))}",
                 context={"file": str(path), "line": lines.get(str(key)), "key": str(key)},
             )
-    base = path.parent
+    base = path.resolve().parent
     for key in ("home",):
         if isinstance(data.get(key), str) and not Path(data[key]).is_absolute():
             data[key] = str(base / data[key])

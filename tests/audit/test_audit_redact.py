@@ -176,6 +176,12 @@ def test_no_false_positives(redactor: Redactor, text: str) -> None:
     assert redactor.findings(text) == []
 
 
+def test_assignments_inside_values(redactor: Redactor) -> None:
+    out = redactor.redact("A= password=hunter22; x:token=abc")
+    assert "hunter22" not in out and "abc" not in out
+    assert kinds_in(out) == ["secret", "secret"]
+
+
 def test_dict_keys_kept_values_redacted(redactor: Redactor) -> None:
     value = {
         "password": "hunter2",

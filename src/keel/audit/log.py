@@ -180,6 +180,8 @@ class AuditLog:
         Call it after committing a transaction in which you used ``append()`` (cheap when there
         is nothing to write); not from inside an open transaction of the same thread.
         """
+        if not self._pending:
+            return
         with self._lock:
             pending, self._pending = self._pending, []
         if not pending:

@@ -442,9 +442,13 @@ class Redactor:
             return
         if "secret" in lower:
             _add_all(hits, _AWS_SECRET, s, "aws_secret_key", group=1)
-        for m in _ASSIGNMENT.finditer(s):
+        pos = 0
+        while (m := _ASSIGNMENT.search(s, pos)) is not None:
             if self._secret_key(m.group(1)):
                 _add(hits, m.start(2), m.end(2), "secret", m.group(2))
+                pos = m.end()
+            else:  # the value may itself hold an assignment: "a=password=x"
+                pos = m.start(2)
 
     def _scan_numbers(self, s: str, hits: list[_Hit]) -> None:
         # Dates and times are masked with letters of the same length (offsets stay valid): no

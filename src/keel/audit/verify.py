@@ -53,8 +53,10 @@ class VerifyReport:
     """The result of ``verify_chain``.
 
     ``first_bad_seq`` / ``first_bad_chain`` name the earliest record from which the log cannot be
-    trusted (in the first chain, by name, that has a problem); ``problem`` describes it.
-    ``problems`` lists every finding (at most 1000).
+    trusted (in the first chain, by name, that has a problem); ``problem`` describes it. Findings
+    without a place in a chain (a malformed anchor line, a record numbered below 1) leave
+    ``first_bad_seq`` None when they are the only ones. ``problems`` lists every finding (at most
+    1000).
     """
 
     ok: bool

@@ -77,6 +77,7 @@ def token_mint(
     from keel.identity import KeySet, TokenIssuer
 
     cfg = resolve_config(config)
+    Path(cfg.home).mkdir(parents=True, exist_ok=True)
     keys = KeySet.load_or_create(Path(cfg.home) / "keys.json")
     token = TokenIssuer(keys, issuer=cfg.token_issuer).mint(
         agent,

@@ -65,6 +65,7 @@ class CallContext:
         "args_json",
         "arguments",
         "call",
+        "claimed",
         "error",
         "fingerprint",
         "idempotency_key",
@@ -73,6 +74,7 @@ class CallContext:
         "replay",
         "request",
         "result",
+        "result_json",
         "started",
         "tool",
         "verdict",
@@ -89,7 +91,9 @@ class CallContext:
         self.call: Call | None = None
         self.verdict: Verdict | None = None
         self.idempotency_key: str | None = None
+        self.claimed = False
         self.replay: dict[str, Any] | None = None
         self.result: Any = None
+        self.result_json: str | None = None
         self.error: BaseException | None = None
         self.notes: dict[str, Any] = {}

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from keel.audit import AuditEntry, AuditLog
-from keel.canonical import digest, sha256_hex
+from keel.canonical import canonical_json, sha256_hex
 from keel.core import Clock, Principal, Verdict
 from keel.errors import (
     ApprovalRequired,
@@ -60,8 +60,10 @@ class Gateway:
         self._guards = tuple(guards)
         base_after = Guard.after
         base_abort = Guard.abort
+        base_done = Guard.done
         self._needs_after = frozenset(g for g in self._guards if type(g).after is not base_after)
         self._needs_abort = frozenset(g for g in self._guards if type(g).abort is not base_abort)
+        self._needs_done = tuple(g for g in self._guards if type(g).done is not base_done)
 
     @property
     def guards(self) -> tuple[Guard, ...]:
@@ -132,11 +134,15 @@ class Gateway:
         body["stage"] = stage
         body["error"] = {"code": error.code, "message": error.message}
         entry = self._entry(ctx, "decision", verdict, body)
-        with self._store.write() as tx:
-            for guard in reversed(ran):
-                if guard in self._needs_abort:
-                    guard.abort(ctx, tx)
-            record = self._audit.append(tx, entry)
+        try:
+            with self._store.write() as tx:
+                for guard in reversed(ran):
+                    if guard in self._needs_abort:
+                        guard.abort(ctx, tx)
+                record = self._audit.append(tx, entry)
+        finally:
+            self._done(ctx, ran)
+        self._audit.flush()
         error.context.setdefault("record_seq", record.seq)
         error.context.setdefault("rule_id", verdict.rule_id)
 
@@ -159,9 +165,10 @@ class Gateway:
         else:
             kind = "call"
             if ctx.error is None:
-                outcome_json = ctx.result
-                body["outcome_digest"] = digest(outcome_json)
-                body["outcome"] = self._redactor.redact(outcome_json)
+                result_json = canonical_json(ctx.result)
+                ctx.result_json = result_json
+                body["outcome_digest"] = "sha256:" + sha256_hex(result_json)
+                body["outcome"] = self._redactor.redact(ctx.result)
             else:
                 error = ctx.error
                 body["error"] = {
@@ -170,11 +177,15 @@ class Gateway:
                     "retryable": bool(getattr(error, "retryable", False)),
                 }
         entry = self._entry(ctx, kind, verdict, body)
-        with self._store.write() as tx:
-            for guard in reversed(ran):
-                if guard in self._needs_after:
-                    guard.after(ctx, tx)
-            record = self._audit.append(tx, entry)
+        try:
+            with self._store.write() as tx:
+                for guard in reversed(ran):
+                    if guard in self._needs_after:
+                        guard.after(ctx, tx)
+                record = self._audit.append(tx, entry)
+        finally:
+            self._done(ctx, ran)
+        self._audit.flush()
         if replay is not None:
             if not replay.get("ok"):
                 raise ToolError(
@@ -207,6 +218,11 @@ class Gateway:
             latency_ms=latency_ms,
         )
 
+    def _done(self, ctx: CallContext, ran: list[Guard]) -> None:
+        for guard in self._needs_done:
+            if guard in ran:
+                guard.done(ctx)
+
     # -- records -------------------------------------------------------------------------------
 
     def _body(self, ctx: CallContext, verdict: Verdict) -> dict[str, Any]:
@@ -238,6 +254,7 @@ class Gateway:
         request = ctx.request
         return AuditEntry(
             kind=kind,  # type: ignore[arg-type]
+            ts=self._clock.now(),
             tenant=principal.tenant if principal else None,
             agent=principal.agent_id if principal else None,
             run_id=call.run_id if call else request.run_id,

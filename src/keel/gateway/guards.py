@@ -3,16 +3,17 @@
 A guard's ``before`` runs in chain order: it fills the CallContext, or raises a KeelError to stop
 the call (the gateway records the denial). Guards that hold something for the call (an
 idempotency claim, a budget reservation) also implement ``after`` (the call executed; runs inside
-the transaction that appends the audit record) and ``abort`` (the call was stopped later in the
-chain or failed before executing). Guards must be thread-safe and must not block for long.
+the transaction that appends the audit record), ``abort`` (the call was stopped later in the
+chain) and ``done`` (the record transaction has ended, whatever happened). Guards must be
+thread-safe and must not block for long.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-from typing import Any, Protocol
+from typing import Protocol
 
-from keel.canonical import check_depth, check_limits, sha256_hex
+from keel.canonical import canonical_json, check_depth, sha256_hex
 from keel.core import Call, Clock, Effect, Principal, Verdict
 from keel.errors import (
     ApprovalRequired,
@@ -20,6 +21,7 @@ from keel.errors import (
     InternalError,
     InvalidRequestError,
     KillSwitchEngaged,
+    PayloadTooLargeError,
     PolicyDenied,
 )
 from keel.gateway.context import CallContext
@@ -68,6 +70,9 @@ class Guard:
     def abort(self, ctx: CallContext, tx: Transaction) -> None:
         """The call was stopped after this guard's ``before`` ran; undo what it holds."""
 
+    def done(self, ctx: CallContext) -> None:
+        """The call's record transaction has ended (committed or not); release local state."""
+
 
 class AuthenticateGuard(Guard):
     name = "authenticate"
@@ -104,7 +109,14 @@ class ResolveGuard(Guard):
         check_depth(raw, max_depth=self._max_depth)
         arguments = tool.spec.arguments.validate(tool.spec.name, raw)
         ctx.arguments = arguments
-        args_json = check_limits(arguments, max_bytes=self._max_bytes, max_depth=self._max_depth)
+        args_json = canonical_json(arguments)  # depth was checked on the raw arguments
+        size = len(args_json) if args_json.isascii() else len(args_json.encode("utf-8"))
+        if size > self._max_bytes:
+            raise PayloadTooLargeError(
+                f"arguments for {tool.spec.name} are {size} bytes; the limit is "
+                f"{self._max_bytes} bytes",
+                context={"size": size, "limit": self._max_bytes},
+            )
         ctx.args_json = args_json
         ctx.fingerprint = sha256_hex(tool.spec.name + "\n" + args_json)
         run_id = request.run_id or principal.run_id
@@ -182,7 +194,11 @@ class PolicyGuard(Guard):
 
 
 class IdempotencyGuard(Guard):
-    """Claims the call's idempotency key, or short-circuits with the recorded outcome."""
+    """Claims the call's idempotency key, or short-circuits with the recorded outcome.
+
+    The claim is durable (a commit before the tool runs) only for tools that change the world
+    and do not honour idempotency keys; see ``keel.gateway.idempotency``.
+    """
 
     name = "idempotency"
 
@@ -192,42 +208,83 @@ class IdempotencyGuard(Guard):
 
     def before(self, ctx: CallContext) -> None:
         call = ctx.call
-        assert call is not None and ctx.fingerprint is not None
+        tool = ctx.tool
+        assert call is not None
+        assert tool is not None
+        assert ctx.fingerprint is not None
         key = call.idempotency_key
         if key is None and call.run_id is not None and call.step_id is not None:
             key = f"{call.run_id}/{call.step_id}"
         if key is None:
             return
-        stored = self._keys.claim(
-            call.principal.tenant, key, ctx.fingerprint, call.call_id, self._clock.now()
-        )
+        tenant = call.principal.tenant
+        now = self._clock.now()
+        if tool.spec.effect != "read" and not tool.spec.idempotent:
+            stored = self._keys.claim(tenant, key, ctx.fingerprint, call.call_id, now)
+            ctx.claimed = True
+        else:
+            # Mark first, then look: a duplicate that finished meanwhile is seen, never re-run.
+            self._keys.mark(tenant, key)
+            try:
+                stored = self._keys.lookup(tenant, key, ctx.fingerprint, now)
+            except BaseException:
+                self._keys.unmark(tenant, key)
+                raise
+            if stored is not None:
+                self._keys.unmark(tenant, key)
         ctx.idempotency_key = key
         if stored is not None:
             ctx.replay = stored
 
     def after(self, ctx: CallContext, tx: Transaction) -> None:
-        if ctx.idempotency_key is None or ctx.replay is not None:
+        key = ctx.idempotency_key
+        if key is None or ctx.replay is not None:
             return
-        assert ctx.call is not None
-        outcome: dict[str, Any]
+        call = ctx.call
+        assert call is not None
+        assert ctx.fingerprint is not None
+        tenant = call.principal.tenant
         error = ctx.error
         if error is None:
-            outcome = {"ok": True, "value": ctx.result, "call_id": ctx.call.call_id}
+            # Canonical JSON of {"call_id", "ok": true, "value"} reusing the encoded result.
+            value_json = ctx.result_json or canonical_json(ctx.result)
+            outcome = f'{{"call_id":{canonical_json(call.call_id)},"ok":true,"value":{value_json}}}'
         else:
-            outcome = {
-                "ok": False,
-                "error": getattr(error, "code", "tool_error"),
-                "message": str(error),
-                "retryable": bool(getattr(error, "retryable", False)),
-                "call_id": ctx.call.call_id,
-            }
-        self._keys.complete(
-            tx, ctx.call.principal.tenant, ctx.idempotency_key, outcome, succeeded=error is None
-        )
+            outcome = canonical_json(
+                {
+                    "ok": False,
+                    "error": getattr(error, "code", "tool_error"),
+                    "message": str(error),
+                    "retryable": bool(getattr(error, "retryable", False)),
+                    "call_id": call.call_id,
+                }
+            )
+        if ctx.claimed:
+            self._keys.complete(tx, tenant, key, outcome, succeeded=error is None)
+        else:
+            self._keys.store(
+                tx,
+                tenant,
+                key,
+                ctx.fingerprint,
+                call.call_id,
+                outcome,
+                self._clock.now(),
+                succeeded=error is None,
+            )
 
     def abort(self, ctx: CallContext, tx: Transaction) -> None:
-        if ctx.idempotency_key is not None and ctx.replay is None and ctx.call is not None:
-            self._keys.release(tx, ctx.call.principal.tenant, ctx.idempotency_key)
+        key = ctx.idempotency_key
+        if key is None or ctx.replay is not None or ctx.call is None:
+            return
+        if ctx.claimed:
+            self._keys.release(tx, ctx.call.principal.tenant, key)
+
+    def done(self, ctx: CallContext) -> None:
+        """Called once the call's record is committed (or failed to commit)."""
+        key = ctx.idempotency_key
+        if key is not None and ctx.call is not None and ctx.replay is None:
+            self._keys.unmark(ctx.call.principal.tenant, key)
 
 
 class ApprovalGate(Guard):

@@ -99,6 +99,7 @@ class KillSwitches:
                     },
                 ),
             )
+        self._audit.flush()
         self.refresh()
         return switch
 

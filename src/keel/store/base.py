@@ -50,6 +50,11 @@ class Store(abc.ABC):
     def read(self) -> AbstractContextManager[Transaction]:
         """A read-only snapshot transaction."""
 
+    def read_one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        """One row of a single-statement read (its own implicit snapshot). Hot-path helper."""
+        with self.read() as tx:
+            return tx.fetchone(sql, params)
+
     @abc.abstractmethod
     def schema_version(self) -> int:
         """The version of the newest migration applied to this database."""
