@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections import Counter
 from dataclasses import dataclass, field
@@ -83,6 +84,26 @@ def prepare(directory: Path) -> Path:
         resources.files("keel.demo").joinpath("data").joinpath("policy.yaml").read_text("utf-8")
     )
     (directory / "policy.yaml").write_text(policy, encoding="utf-8")
+    (directory / "call.json").write_text(
+        json.dumps(
+            {
+                "tool": "billing.refund",
+                "arguments": {
+                    "order_id": "ORD-10037",
+                    "amount": 450,
+                    "currency": "USD",
+                    "destination": "original_payment_method",
+                    "reason": "wrong item",
+                },
+                "agent": "support-bot",
+                "tenant": "acme",
+                "effect": "irreversible",
+            },
+            indent=2,
+        )
+        + "\n",
+        encoding="utf-8",
+    )
     config = directory / "keel.yaml"
     config.write_text(
         "# Written by `keel demo`. Paths are relative to this file.\n"
@@ -260,5 +281,6 @@ def _print(report: DemoReport, console: Console, *, quiet: bool, config_path: Pa
         "\nTry next:\n"
         f"  keel audit verify --config {config_path}\n"
         f"  keel audit show --config {config_path} --tool billing.refund --limit 5\n"
-        f"  keel policy explain {config_path.parent / 'policy.yaml'} --call CALL.json\n"
+        f"  keel policy explain {config_path.parent / 'policy.yaml'} "
+        f"--call {config_path.parent / 'call.json'}\n"
     )

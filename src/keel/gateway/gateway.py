@@ -74,7 +74,7 @@ class Gateway:
     def call(self, request: CallRequest) -> CallResult:
         """Govern and execute ``request`` on this thread. Raises the KeelError that stopped it."""
         ctx, ran = self._before(request)
-        if ctx.replay is None and not ctx.notes.get("shadow"):
+        if self._executes(ctx):
             tool = ctx.tool
             assert tool is not None and ctx.arguments is not None
             try:
@@ -88,7 +88,7 @@ class Gateway:
     async def acall(self, request: CallRequest) -> CallResult:
         """Async form of :meth:`call`; async tools are awaited, sync tools run in a thread."""
         ctx, ran = self._before(request)
-        if ctx.replay is None and not ctx.notes.get("shadow"):
+        if self._executes(ctx):
             tool = ctx.tool
             assert tool is not None and ctx.arguments is not None
             try:
@@ -98,6 +98,11 @@ class Gateway:
             except Exception as exc:
                 ctx.error = _as_tool_error(exc, tool.spec.name)
         return self._finish(ctx, ran)
+
+    @staticmethod
+    def _executes(ctx: CallContext) -> bool:
+        """Whether the tool runs: not for a replayed key, not in shadow mode."""
+        return ctx.replay is None and not ctx.notes.get("shadow")
 
     # -- pipeline ------------------------------------------------------------------------------
 

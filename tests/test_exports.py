@@ -1,0 +1,72 @@
+"""The public surface of the packages owned here, pinned: a change to it is a deliberate one."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+EXPECTED = {
+    "keel": [
+        "Agent",
+        "App",
+        "ApprovalRequired",
+        "AuthenticationError",
+        "AuthorizationError",
+        "Call",
+        "CallResult",
+        "InvalidRequestError",
+        "KeelConfig",
+        "KeelError",
+        "KillSwitchEngaged",
+        "PolicyDenied",
+        "Principal",
+        "ToolContext",
+        "ToolError",
+        "Verdict",
+        "__version__",
+        "load_config",
+    ],
+    "keel.gateway": [
+        "ApprovalGate",
+        "AuthenticateGuard",
+        "Authenticator",
+        "CallContext",
+        "CallRequest",
+        "CallResult",
+        "Decider",
+        "Gateway",
+        "Guard",
+        "IdempotencyGuard",
+        "IdempotencyKeys",
+        "KillScope",
+        "KillSwitch",
+        "KillSwitchGuard",
+        "KillSwitches",
+        "PolicyGuard",
+        "ResolveGuard",
+        "ScopeGuard",
+    ],
+    "keel.tools": [
+        "ArgumentValidator",
+        "FunctionTool",
+        "JSONSchemaValidator",
+        "ModelValidator",
+        "ReconcileHook",
+        "Tool",
+        "ToolContext",
+        "ToolRegistry",
+        "ToolSpec",
+        "check_tool_name",
+    ],
+    "keel.store": ["SCHEMA_VERSION", "Row", "SQLiteStore", "Store", "Transaction", "open_store"],
+    "keel.testing": ["FrozenClock", "RecordingTool"],
+}
+
+
+@pytest.mark.parametrize("module", sorted(EXPECTED))
+def test_public_surface(module: str) -> None:
+    mod = importlib.import_module(module)
+    assert sorted(mod.__all__) == sorted(EXPECTED[module])
+    for name in mod.__all__:
+        assert getattr(mod, name) is not None
