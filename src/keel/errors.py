@@ -7,6 +7,7 @@ errors to HTTP statuses, MCP errors and CLI exit codes in one place each, keyed 
     KeelError
     ├── UsageError                the caller or operator misused Keel: fix the input, do not retry
     │   ├── ConfigError           a config or policy file is malformed (names file, line and key)
+    │   │   └── PriceUnknown      a model has no known price and none is configured
     │   ├── InvalidRequestError   a call's content is bad: unknown tool, schema violation, bad name
     │   │   └── PayloadTooLargeError   over a size or depth limit
     │   └── SchemaVersionError    the store was written by a newer Keel
@@ -14,13 +15,18 @@ errors to HTTP statuses, MCP errors and CLI exit codes in one place each, keyed 
     ├── AuthorizationError        the caller is known but not allowed
     │   ├── PolicyDenied          a policy rule denied the call (carries the verdict)
     │   ├── KillSwitchEngaged     a kill switch stops the call
+    │   ├── BudgetExceeded        a spending, token or call cap would be exceeded
     │   └── ApprovalRequired      a person must approve (or the call was escalated)
+    ├── RateLimited               too many calls for a limit; ``retry_after`` says when to retry
     ├── ConflictError             the call collides with another one
     │   ├── IdempotencyInFlight   the same key is executing right now (retry later)
     │   └── IdempotencyMismatch   the same key was used with different arguments
     ├── ToolError                 the tool failed while executing (``retryable``: may a retry help)
     │   ├── ToolTimeout
     │   └── ToolResultInvalid     the tool returned something that breaks its result contract
+    ├── ModelError                a model provider failed (``retryable`` for 429/5xx/timeouts)
+    │   ├── ModelTimeout
+    │   └── ModelResponseInvalid  the provider or model answered something malformed
     └── InternalError             Keel itself failed; the call was denied (fail closed)
         └── StoreError            the store could not be read or written
 """
@@ -34,6 +40,7 @@ __all__ = [
     "ApprovalRequired",
     "AuthenticationError",
     "AuthorizationError",
+    "BudgetExceeded",
     "ConfigError",
     "ConflictError",
     "IdempotencyInFlight",
@@ -42,8 +49,13 @@ __all__ = [
     "InvalidRequestError",
     "KeelError",
     "KillSwitchEngaged",
+    "ModelError",
+    "ModelResponseInvalid",
+    "ModelTimeout",
     "PayloadTooLargeError",
     "PolicyDenied",
+    "PriceUnknown",
+    "RateLimited",
     "SchemaVersionError",
     "StoreError",
     "ToolError",
@@ -112,6 +124,12 @@ class PayloadTooLargeError(InvalidRequestError):
     code = "payload_too_large"
 
 
+class PriceUnknown(ConfigError):
+    """No price is known for a model: configure one (``prices:`` in keel.yaml) or the call fails."""
+
+    code = "price_unknown"
+
+
 class SchemaVersionError(UsageError):
     code = "schema_version"
 
@@ -130,6 +148,25 @@ class PolicyDenied(AuthorizationError):
 
 class KillSwitchEngaged(AuthorizationError):
     code = "kill_switch"
+
+
+class BudgetExceeded(AuthorizationError):
+    """A cap would be exceeded. ``context``: ``cap`` (which), ``limit``, ``spent``, ``reserved``,
+    ``requested`` (as strings for money)."""
+
+    code = "budget_exceeded"
+
+
+class RateLimited(KeelError):
+    """Too many calls. ``retry_after`` (seconds, float) says when a retry may succeed."""
+
+    code = "rate_limited"
+    retryable_default = True
+
+    def __init__(self, message: str, *, retry_after: float, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.retry_after = retry_after
+        self.context.setdefault("retry_after_seconds", round(retry_after, 3))
 
 
 class ApprovalRequired(AuthorizationError):
@@ -162,6 +199,24 @@ class ToolTimeout(ToolError):
 
 class ToolResultInvalid(ToolError):
     code = "tool_result_invalid"
+
+
+class ModelError(KeelError):
+    """A model provider failed: HTTP error, refused request, network trouble."""
+
+    code = "model_error"
+
+
+class ModelTimeout(ModelError):
+    code = "model_timeout"
+    retryable_default = True
+
+
+class ModelResponseInvalid(ModelError):
+    """The provider's answer is malformed: truncated JSON, wrong content type, missing usage,
+    tool arguments that are not JSON."""
+
+    code = "model_response_invalid"
 
 
 class InternalError(KeelError):

@@ -77,6 +77,22 @@ MIGRATIONS: Final[tuple[tuple[int, str, tuple[str, ...]], ...]] = (
             "CREATE INDEX request_nonces_expiry ON request_nonces (expires_at)",
         ),
     ),
+    (
+        2,
+        "model response cache",
+        (
+            """CREATE TABLE model_cache (
+                tenant TEXT NOT NULL,
+                request_digest TEXT NOT NULL,
+                response TEXT NOT NULL,
+                created_at TEXT NOT NULL,
+                expires_at TEXT NOT NULL,
+                hits {bigint} NOT NULL DEFAULT 0,
+                PRIMARY KEY (tenant, request_digest)
+            ) {without_rowid}""",
+            "CREATE INDEX model_cache_expiry ON model_cache (expires_at)",
+        ),
+    ),
 )
 
 SCHEMA_VERSION: Final[int] = MIGRATIONS[-1][0]
