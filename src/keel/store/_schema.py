@@ -2,7 +2,9 @@
 
 Each migration is a list of statements written in portable SQL with tokens that the backend
 substitutes: ``{blob}`` (BLOB / BYTEA), ``{bigint}`` (INTEGER / BIGINT) and ``{without_rowid}``
-(SQLite's ``WITHOUT ROWID`` clustering; empty elsewhere). Migrations are
+(SQLite's ``WITHOUT ROWID`` clustering; empty elsewhere — use it only for tables of small rows:
+SQLite stores large rows badly in clustered tables, and audit bodies, outcomes and cached
+responses are large). Migrations are
 append-only: never edit a released one, add the next number. The store refuses to open a database
 whose schema version is newer than the newest migration it knows.
 """
@@ -33,7 +35,7 @@ MIGRATIONS: Final[tuple[tuple[int, str, tuple[str, ...]], ...]] = (
                 prev_hash TEXT NOT NULL,
                 hash TEXT NOT NULL,
                 PRIMARY KEY (chain, seq)
-            ) {without_rowid}""",
+            )""",
             # Every secondary index costs a page write per append; keep only the lookups that
             # matter. Time ranges are filtered on ts while scanning in seq order.
             "CREATE INDEX audit_records_run ON audit_records (run_id) WHERE run_id IS NOT NULL",
@@ -67,7 +69,7 @@ MIGRATIONS: Final[tuple[tuple[int, str, tuple[str, ...]], ...]] = (
                 created_at TEXT NOT NULL,
                 expires_at TEXT NOT NULL,
                 PRIMARY KEY (tenant, idem_key)
-            ) {without_rowid}""",
+            )""",
             """CREATE TABLE request_nonces (
                 key_id TEXT NOT NULL,
                 nonce TEXT NOT NULL,
@@ -89,7 +91,7 @@ MIGRATIONS: Final[tuple[tuple[int, str, tuple[str, ...]], ...]] = (
                 expires_at TEXT NOT NULL,
                 hits {bigint} NOT NULL DEFAULT 0,
                 PRIMARY KEY (tenant, request_digest)
-            ) {without_rowid}""",
+            )""",
             "CREATE INDEX model_cache_expiry ON model_cache (expires_at)",
         ),
     ),
