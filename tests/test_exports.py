@@ -45,6 +45,7 @@ EXPECTED = {
         "KillSwitches",
         "PolicyGuard",
         "ResolveGuard",
+        "Resolver",
         "ScopeGuard",
     ],
     "keel.tools": [

@@ -11,12 +11,15 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any, Literal, Protocol, runtime_checkable
 
 __all__ = [
     "DECISION_PRECEDENCE",
+    "ZERO_COST",
     "Call",
     "Clock",
+    "Cost",
     "Decision",
     "Effect",
     "Principal",
@@ -67,6 +70,29 @@ class SystemClock:
 
     def monotonic(self) -> float:
         return time.monotonic()
+
+
+@dataclass(frozen=True, slots=True)
+class Cost:
+    """What a call costs or may cost: money (exact, USD) and model tokens."""
+
+    usd: Decimal = Decimal("0")
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+    @property
+    def tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+    def to_record(self) -> dict[str, Any]:
+        record: dict[str, Any] = {"usd": str(self.usd)}
+        if self.input_tokens or self.output_tokens:
+            record["input_tokens"] = self.input_tokens
+            record["output_tokens"] = self.output_tokens
+        return record
+
+
+ZERO_COST = Cost()
 
 
 @dataclass(frozen=True, slots=True)

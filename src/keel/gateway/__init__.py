@@ -14,6 +14,7 @@ from keel.gateway.guards import (
     KillSwitchGuard,
     PolicyGuard,
     ResolveGuard,
+    Resolver,
     ScopeGuard,
 )
 from keel.gateway.idempotency import IdempotencyKeys
@@ -37,5 +38,6 @@ __all__ = [
     "KillSwitches",
     "PolicyGuard",
     "ResolveGuard",
+    "Resolver",
     "ScopeGuard",
 ]

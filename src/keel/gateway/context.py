@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-from keel.core import Call, Principal, Verdict
+from keel.core import ZERO_COST, Call, Cost, Principal, Verdict
 from keel.tools import Tool
 
 __all__ = ["CallContext", "CallRequest", "CallResult"]
@@ -24,6 +24,7 @@ class CallRequest:
     tool: str
     arguments: Mapping[str, Any]
     token: str
+    kind: Literal["tool", "model"] = "tool"
     run_id: str | None = None
     step_id: str | None = None
     workflow: str | None = None
@@ -39,8 +40,9 @@ class CallResult:
 
     ``value`` is the tool's normalized result. ``replayed`` is True when an idempotency key
     returned a recorded outcome without executing. ``shadow`` is True when policy said to record
-    the call and execute nothing (then ``value`` is None). ``record_seq`` is the audit sequence
-    number of the record that describes this call.
+    the call and execute nothing (then ``value`` is None). ``cached`` is True when a model
+    response came from the response cache (it cost nothing). ``cost`` is what the call cost.
+    ``record_seq`` is the audit sequence number of the record that describes this call.
     """
 
     call_id: str
@@ -49,6 +51,8 @@ class CallResult:
     verdict: Verdict
     replayed: bool = False
     shadow: bool = False
+    cached: bool = False
+    cost: Cost = ZERO_COST
     record_seq: int | None = None
     latency_ms: float = 0.0
 
@@ -66,6 +70,7 @@ class CallContext:
         "arguments",
         "call",
         "claimed",
+        "cost",
         "error",
         "fingerprint",
         "idempotency_key",
@@ -92,6 +97,7 @@ class CallContext:
         self.verdict: Verdict | None = None
         self.idempotency_key: str | None = None
         self.claimed = False
+        self.cost: Cost = ZERO_COST
         self.replay: dict[str, Any] | None = None
         self.result: Any = None
         self.result_json: str | None = None

@@ -160,8 +160,12 @@ class Gateway:
         replay = ctx.replay
         shadow = bool(ctx.notes.get("shadow"))
         if replay is not None:
-            body["replayed"] = True
-            body["replay_of"] = replay.get("call_id")
+            if replay.get("cached"):
+                body["cached"] = True
+                body["cost"] = {"usd": "0"}
+            else:
+                body["replayed"] = True
+                body["replay_of"] = replay.get("call_id")
             body["outcome_ok"] = replay.get("ok")
             kind = "decision"
         elif shadow:
@@ -169,7 +173,12 @@ class Gateway:
             kind = "decision"
         else:
             kind = "call"
+            tool = ctx.tool
+            assert tool is not None
+            assert ctx.arguments is not None
             if ctx.error is None:
+                ctx.cost = tool.actual_cost(ctx.arguments, ctx.result)
+                body["cost"] = ctx.cost.to_record()
                 result_json = canonical_json(ctx.result)
                 ctx.result_json = result_json
                 body["outcome_digest"] = "sha256:" + sha256_hex(result_json)
@@ -204,7 +213,8 @@ class Gateway:
                 tool=ctx.call.target,
                 value=replay.get("value"),
                 verdict=verdict,
-                replayed=True,
+                replayed=not replay.get("cached", False),
+                cached=bool(replay.get("cached", False)),
                 record_seq=record.seq,
                 latency_ms=latency_ms,
             )
@@ -219,6 +229,7 @@ class Gateway:
             value=None if shadow else ctx.result,
             verdict=verdict,
             shadow=shadow,
+            cost=ctx.cost,
             record_seq=record.seq,
             latency_ms=latency_ms,
         )

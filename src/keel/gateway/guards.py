@@ -11,7 +11,7 @@ thread-safe and must not block for long.
 from __future__ import annotations
 
 import datetime as _dt
-from typing import Protocol
+from typing import Literal, Protocol
 
 from keel.canonical import canonical_json, check_depth, sha256_hex
 from keel.core import Call, Clock, Effect, Principal, Verdict
@@ -28,7 +28,7 @@ from keel.gateway.context import CallContext
 from keel.gateway.idempotency import IdempotencyKeys
 from keel.gateway.killswitch import KillSwitches
 from keel.store import Transaction
-from keel.tools import ToolRegistry
+from keel.tools import Tool
 
 __all__ = [
     "ApprovalGate",
@@ -40,8 +40,15 @@ __all__ = [
     "KillSwitchGuard",
     "PolicyGuard",
     "ResolveGuard",
+    "Resolver",
     "ScopeGuard",
 ]
+
+
+class Resolver(Protocol):
+    """Finds the executable target of a call: a registered tool, or a configured model."""
+
+    def resolve(self, kind: Literal["tool", "model"], name: object) -> Tool: ...
 
 
 class Authenticator(Protocol):
@@ -89,8 +96,8 @@ class ResolveGuard(Guard):
 
     name = "resolve"
 
-    def __init__(self, registry: ToolRegistry, *, max_bytes: int, max_depth: int) -> None:
-        self._registry = registry
+    def __init__(self, resolver: Resolver, *, max_bytes: int, max_depth: int) -> None:
+        self._resolver = resolver
         self._max_bytes = max_bytes
         self._max_depth = max_depth
 
@@ -98,7 +105,7 @@ class ResolveGuard(Guard):
         request = ctx.request
         principal = ctx.principal
         assert principal is not None
-        tool = self._registry.get(request.tool)
+        tool = self._resolver.resolve(request.kind, request.tool)
         ctx.tool = tool
         raw = request.arguments
         if not isinstance(raw, dict):
@@ -121,7 +128,7 @@ class ResolveGuard(Guard):
         ctx.fingerprint = sha256_hex(tool.spec.name + "\n" + args_json)
         run_id = request.run_id or principal.run_id
         ctx.call = Call(
-            kind="tool",
+            kind=request.kind,
             target=tool.spec.name,
             arguments=arguments,
             principal=principal,

@@ -23,7 +23,7 @@ from typing import Any
 
 import pydantic
 
-from keel.core import Effect
+from keel.core import Cost, Effect
 from keel.errors import ToolTimeout, UsageError
 from keel.tools.contract import (
     ArgumentValidator,
@@ -48,6 +48,14 @@ class Tool:
 
     spec: ToolSpec
     is_async: bool = False
+
+    def estimate_cost(self, arguments: dict[str, Any]) -> Cost:
+        """The most this call may cost, reserved before it runs (default: the declared price)."""
+        return Cost(usd=self.spec.cost_usd)
+
+    def actual_cost(self, arguments: dict[str, Any], result: Any) -> Cost:
+        """What the call cost, settled after it ran (default: the declared price)."""
+        return Cost(usd=self.spec.cost_usd)
 
     def invoke(self, arguments: dict[str, Any], context: ToolContext) -> Any:
         raise NotImplementedError

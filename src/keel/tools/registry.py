@@ -38,6 +38,15 @@ class ToolRegistry:
             context={"tool": checked},
         )
 
+    def resolve(self, kind: str, name: object) -> Tool:
+        """The gateway's resolver interface: tools only (models come from a model catalog)."""
+        if kind != "tool":
+            raise InvalidRequestError(
+                f"this Keel has no models configured, so a {kind} call cannot be resolved",
+                code="unknown_model",
+            )
+        return self.get(name)
+
     def __contains__(self, name: object) -> bool:
         return name in self._tools
 
