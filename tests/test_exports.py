@@ -46,6 +46,7 @@ EXPECTED = {
         "PolicyGuard",
         "ResolveGuard",
         "Resolver",
+        "ResponseCacheGuard",
         "ScopeGuard",
     ],
     "keel.tools": [
@@ -58,10 +59,23 @@ EXPECTED = {
         "ToolContext",
         "ToolRegistry",
         "ToolSpec",
+        "check_model_name",
         "check_tool_name",
     ],
     "keel.store": ["SCHEMA_VERSION", "Row", "SQLiteStore", "Store", "Transaction", "open_store"],
-    "keel.testing": ["FrozenClock", "RecordingTool"],
+    "keel.testing": [
+        "AnthropicStandIn",
+        "FaultPlan",
+        "FrozenClock",
+        "OpenAIStandIn",
+        "RecordedRequest",
+        "RecordingTool",
+        "Reply",
+        "Rule",
+        "ScriptedModel",
+        "StandInFault",
+        "StandInReply",
+    ],
 }
 
 

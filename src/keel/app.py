@@ -43,10 +43,14 @@ from keel.gateway import (
     KillSwitchGuard,
     PolicyGuard,
     ResolveGuard,
+    ResponseCacheGuard,
     ScopeGuard,
 )
 from keel.identity import KeySet, TokenIssuer, TokenVerifier
+from keel.models import ModelRequest, Provider, ResponseCache, Router
 from keel.policy import CompiledPolicy, PolicySet, load_policy
+from keel.runtime import ModelCaller, ModelCatalog, ModelOutcome, ModelTarget, Targets
+from keel.runtime.modelconfig import ModelSettings, build_prices, build_providers
 from keel.store import Store, open_store
 from keel.tools import FunctionTool, ReconcileHook, Tool, ToolRegistry
 
@@ -132,6 +136,25 @@ class App:
             checkpoint_path=home / "audit-anchor.jsonl" if self.config.audit_anchor_file else None,
         )
         self.tools = ToolRegistry()
+        self._providers: dict[str, Provider] = {}
+        model_settings = ModelSettings.parse(self.config.models)
+        self.models = ModelCatalog(build_prices(model_settings))
+        for name, provider in build_providers(model_settings).items():
+            self.add_provider(provider, name=name)
+        for model_name, entry in model_settings.models.items():
+            self.add_model(
+                model_name,
+                self._providers[entry.provider],
+                provider_model=entry.provider_model,
+                self_hosted=entry.self_hosted,
+            )
+        self.router: Router | None = model_settings.router_config()
+        self.model_cache = ResponseCache(
+            self.store,
+            self.clock,
+            _dt.timedelta(seconds=model_settings.cache_ttl_seconds),
+            cache_nondeterministic=model_settings.cache_nondeterministic,
+        )
         self.kill_switches = KillSwitches(
             self.store,
             self.audit,
@@ -153,13 +176,14 @@ class App:
             guards=[
                 AuthenticateGuard(self.verifier),
                 ResolveGuard(
-                    self.tools,
+                    Targets(self.tools, self.models),
                     max_bytes=self.config.max_payload_bytes,
                     max_depth=self.config.max_json_depth,
                 ),
                 KillSwitchGuard(self.kill_switches),
                 ScopeGuard(),
                 PolicyGuard(self._policies, self.clock),
+                ResponseCacheGuard(self.model_cache),
                 *extra_guards,
                 IdempotencyGuard(self.idempotency, self.clock),
                 ApprovalGate(),
@@ -206,6 +230,34 @@ class App:
 
     def register(self, tool: Tool) -> Tool:
         return self.tools.register(tool)
+
+    # -- models ------------------------------------------------------------------------------
+
+    def add_provider(self, provider: Provider, *, name: str | None = None) -> Provider:
+        """Make a provider available by name (config providers are added at start)."""
+        self._providers[name or provider.name] = provider
+        return provider
+
+    def add_model(
+        self,
+        name: str,
+        provider: Provider,
+        *,
+        provider_model: str | None = None,
+        self_hosted: bool = False,
+        timeout: float = 120.0,
+    ) -> ModelTarget:
+        """Configure a model that agents may call (subject to policy ``models.allow``)."""
+        return self.models.add(
+            name,
+            provider,
+            provider_model=provider_model,
+            self_hosted=self_hosted,
+            timeout=timeout,
+        )
+
+    def use_router(self, router: Router) -> None:
+        self.router = router
 
     # -- policies ----------------------------------------------------------------------------
 
@@ -295,6 +347,9 @@ class App:
 
     async def acall(self, request: CallRequest) -> CallResult:
         return await self.gateway.acall(request)
+
+    def model_caller(self) -> ModelCaller:
+        return ModelCaller(self.gateway, self.router)
 
     # -- operations --------------------------------------------------------------------------
 
@@ -436,3 +491,38 @@ class Agent:
             trace_id=trace_id,
         )
         return await self.app.gateway.acall(request)
+
+    def model(
+        self,
+        request: ModelRequest | Mapping[str, Any],
+        *,
+        tier: str | None = None,
+        task_class: str | None = None,
+        risk: Effect | None = None,
+        sensitivity: str | None = None,
+        verify: Callable[[Any], float] | None = None,
+        min_confidence: float = 0.85,
+        run_id: str | None = None,
+        step_id: str | None = None,
+        workflow: str | None = None,
+        tainted: bool = False,
+    ) -> ModelOutcome:
+        """A governed, metered model call, routed when a tier or task class is given.
+
+        ``request`` is a ``keel.models.ModelRequest`` or its dict form (``messages``,
+        ``max_tokens``, optional ``model``). Raises the KeelError that stopped it.
+        """
+        return self.app.model_caller().complete(
+            lambda: self.token,
+            request,
+            tier=tier,
+            task_class=task_class,
+            risk=risk,
+            sensitivity=sensitivity,
+            verify=verify,
+            min_confidence=min_confidence,
+            run_id=run_id or self.run_id,
+            step_id=step_id,
+            workflow=workflow,
+            tainted=tainted,
+        )

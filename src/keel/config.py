@@ -7,6 +7,7 @@ own rather than growing this one.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -52,6 +53,10 @@ class KeelConfig(BaseModel):
     )
     audit_checkpoint_every: int = Field(
         1000, gt=0, description="Sign an audit checkpoint after this many records."
+    )
+    models: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Model providers, models, prices, router and cache (keel.runtime.modelconfig).",
     )
     audit_anchor_file: bool = Field(
         True, description="Also append signed checkpoints to <home>/audit-anchor.jsonl."

@@ -15,6 +15,7 @@ from keel.gateway.guards import (
     PolicyGuard,
     ResolveGuard,
     Resolver,
+    ResponseCacheGuard,
     ScopeGuard,
 )
 from keel.gateway.idempotency import IdempotencyKeys
@@ -39,5 +40,6 @@ __all__ = [
     "PolicyGuard",
     "ResolveGuard",
     "Resolver",
+    "ResponseCacheGuard",
     "ScopeGuard",
 ]

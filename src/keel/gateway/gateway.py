@@ -258,6 +258,10 @@ class Gateway:
             body["idempotency_key"] = ctx.idempotency_key
         if request.tainted:
             body["tainted"] = True
+        if request.metadata:
+            body["metadata"] = dict(request.metadata)
+        if ctx.call is not None and ctx.call.kind == "model":
+            body["call_kind"] = "model"
         if ctx.notes:
             body["notes"] = {k: v for k, v in ctx.notes.items() if k != "shadow"} or None
         return body

@@ -27,6 +27,7 @@ from keel.errors import (
 from keel.gateway.context import CallContext
 from keel.gateway.idempotency import IdempotencyKeys
 from keel.gateway.killswitch import KillSwitches
+from keel.models import ModelRequest, ModelResponse, ResponseCache
 from keel.store import Transaction
 from keel.tools import Tool
 
@@ -41,6 +42,7 @@ __all__ = [
     "PolicyGuard",
     "ResolveGuard",
     "Resolver",
+    "ResponseCacheGuard",
     "ScopeGuard",
 ]
 
@@ -292,6 +294,44 @@ class IdempotencyGuard(Guard):
         key = ctx.idempotency_key
         if key is not None and ctx.call is not None and ctx.replay is None:
             self._keys.unmark(ctx.call.principal.tenant, key)
+
+
+class ResponseCacheGuard(Guard):
+    """Answers a deterministic model call from the response cache (tenant-scoped, with TTL).
+
+    A hit short-circuits the chain before the ledger: it costs nothing and the record says
+    ``cached``. A miss is stored after a successful call. Tool calls pass untouched.
+    """
+
+    name = "cache"
+
+    def __init__(self, cache: ResponseCache) -> None:
+        self._cache = cache
+
+    def before(self, ctx: CallContext) -> None:
+        call = ctx.call
+        assert call is not None
+        if call.kind != "model":
+            return
+        request = ModelRequest.from_dict(call.arguments)
+        hit = self._cache.get(call.principal.tenant, request)
+        if hit is not None:
+            ctx.replay = {"ok": True, "value": hit.to_dict(), "cached": True}
+
+    def after(self, ctx: CallContext, tx: Transaction) -> None:
+        call = ctx.call
+        if call is None or call.kind != "model" or ctx.error is not None or ctx.replay:
+            return
+        ctx.notes["cache_put"] = True
+
+    def done(self, ctx: CallContext) -> None:
+        # Stored after the record commits (the cache has its own short transaction).
+        if ctx.notes.pop("cache_put", False) and ctx.call is not None:
+            self._cache.put(
+                ctx.call.principal.tenant,
+                ModelRequest.from_dict(ctx.call.arguments),
+                ModelResponse.from_dict(ctx.result),
+            )
 
 
 class ApprovalGate(Guard):

@@ -11,7 +11,7 @@ from keel.tools.contract import (
     ToolSpec,
 )
 from keel.tools.function import FunctionTool, Tool
-from keel.tools.names import check_tool_name
+from keel.tools.names import check_model_name, check_tool_name
 from keel.tools.registry import ToolRegistry
 
 __all__ = [
@@ -24,5 +24,6 @@ __all__ = [
     "ToolContext",
     "ToolRegistry",
     "ToolSpec",
+    "check_model_name",
     "check_tool_name",
 ]

@@ -18,7 +18,7 @@ import pydantic
 from keel.canonical import canonical_json
 from keel.core import Effect
 from keel.errors import InvalidRequestError, ToolResultInvalid, UsageError
-from keel.tools.names import check_tool_name
+from keel.tools.names import check_model_name, check_tool_name
 
 __all__ = [
     "ArgumentValidator",
@@ -156,6 +156,7 @@ class ToolSpec:
     arguments: ArgumentValidator
     scope: str
     effect: Effect = "read"
+    kind: Literal["tool", "model"] = "tool"
     result_schema: Mapping[str, Any] | None = None
     result_adapter: pydantic.TypeAdapter[Any] | None = None
     timeout: _dt.timedelta = _dt.timedelta(seconds=30)
@@ -167,7 +168,10 @@ class ToolSpec:
     metadata: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        check_tool_name(self.name)
+        if self.kind == "model":
+            check_model_name(self.name)
+        else:
+            check_tool_name(self.name)
         if self.effect not in _EFFECTS:
             raise UsageError(
                 f"tool {self.name}: effect {self.effect!r} is not one of {', '.join(_EFFECTS)}"
@@ -216,6 +220,3 @@ class ToolSpec:
             "timeout_seconds": self.timeout.total_seconds(),
             "cost_usd": str(self.cost_usd),
         }
-
-
-Kind = Literal["function"]

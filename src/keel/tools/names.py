@@ -14,10 +14,11 @@ import unicodedata
 
 from keel.errors import InvalidRequestError
 
-__all__ = ["MAX_NAME_LENGTH", "check_tool_name", "describe_char"]
+__all__ = ["MAX_NAME_LENGTH", "check_model_name", "check_tool_name", "describe_char"]
 
 MAX_NAME_LENGTH = 128
 _NAME = re.compile(r"[a-z][a-z0-9_-]*(?:\.[a-z][a-z0-9_-]*)*")
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]*")
 
 
 def describe_char(ch: str) -> str:
@@ -55,4 +56,26 @@ def check_tool_name(name: object, *, what: str = "tool name") -> str:
         f"{what} {name!r} is not canonical: use dot-separated lowercase segments that start "
         "with a letter, e.g. 'billing.refund'",
         code="invalid_tool_name",
+    )
+
+
+def check_model_name(name: object) -> str:
+    """Model names are looser than tool names (``gpt-4.1-mini``, ``llama3.1:8b``,
+    ``meta-llama/Llama-3-8B``) but still printable ASCII only: no look-alikes, no invisible
+    characters."""
+    if isinstance(name, str) and _MODEL_NAME.fullmatch(name) and len(name) <= MAX_NAME_LENGTH:
+        return name
+    if isinstance(name, str):
+        for index, ch in enumerate(name):
+            if not ch.isascii() or not ch.isprintable():
+                raise InvalidRequestError(
+                    f"model name {name.encode('unicode_escape').decode()!r} contains "
+                    f"{describe_char(ch)} at position {index}; model names are printable ASCII",
+                    code="invalid_model_name",
+                    context={"position": index},
+                )
+    raise InvalidRequestError(
+        f"model name {name!r} is not valid: letters, digits and . _ : / @ + - only, at most "
+        f"{MAX_NAME_LENGTH} characters",
+        code="invalid_model_name",
     )
