@@ -22,13 +22,13 @@ import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import pydantic
 
 from keel.audit import AuditLog, Redactor, VerifyReport, verify_chain
 from keel.config import KeelConfig
-from keel.core import Call, Clock, Effect, SystemClock, Verdict
+from keel.core import Call, Clock, Effect, Principal, SystemClock, Verdict
 from keel.errors import ConfigError
 from keel.gateway import (
     ApprovalGate,
@@ -41,14 +41,18 @@ from keel.gateway import (
     IdempotencyKeys,
     KillSwitches,
     KillSwitchGuard,
+    LedgerGuard,
+    LimitsCache,
     PolicyGuard,
+    RateLimitGuard,
     ResolveGuard,
     ResponseCacheGuard,
     ScopeGuard,
 )
 from keel.identity import KeySet, TokenIssuer, TokenVerifier
+from keel.ledger import Ledger, RateLimiter
 from keel.models import ModelRequest, Provider, ResponseCache, Router
-from keel.policy import CompiledPolicy, PolicySet, load_policy
+from keel.policy import CompiledPolicy, Limits, PolicySet, load_policy
 from keel.runtime import ModelCaller, ModelCatalog, ModelOutcome, ModelTarget, Targets
 from keel.runtime.modelconfig import ModelSettings, build_prices, build_providers
 from keel.store import Store, open_store
@@ -82,6 +86,15 @@ class _Policies:
 
     def explain(self, call: Call, effect: Effect, now: _dt.datetime) -> dict[str, Any]:
         return self._set.explain(call, effect, now)
+
+    def limits_for(
+        self,
+        principal: Principal,
+        workflow: str | None,
+        kind: Literal["tool", "model"],
+        target: str,
+    ) -> Limits:
+        return self._set.limits_for(principal, workflow, kind, target)
 
 
 def _secret_file(path: Path, size: int = 32) -> bytes:
@@ -165,9 +178,12 @@ class App:
             self.store,
             retention=_dt.timedelta(seconds=self.config.idempotency_retention_seconds),
         )
+        self.ledger = Ledger(self.store, self.clock)
+        self.rate_limiter = RateLimiter(self.store, self.clock)
         self._policies = _Policies()
         for path in self.config.policy_paths:
             self.load_policy(path)
+        limits = LimitsCache(self._policies)
         self.gateway = Gateway(
             store=self.store,
             audit=self.audit,
@@ -184,6 +200,8 @@ class App:
                 ScopeGuard(),
                 PolicyGuard(self._policies, self.clock),
                 ResponseCacheGuard(self.model_cache),
+                RateLimitGuard(self.rate_limiter, limits),
+                LedgerGuard(self.ledger, limits),
                 *extra_guards,
                 IdempotencyGuard(self.idempotency, self.clock),
                 ApprovalGate(),

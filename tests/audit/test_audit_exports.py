@@ -21,6 +21,7 @@ EXPECTED = {
     "Verifier",
     "VerifyReport",
     "chain_hash",
+    "iter_run_records",
     "query",
     "verify_chain",
 }

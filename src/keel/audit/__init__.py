@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from keel.audit.checkpoint import Checkpoint, Signer, Verifier
 from keel.audit.log import AuditLog
-from keel.audit.query import query
+from keel.audit.query import iter_run_records, query
 from keel.audit.record import (
     AUDIT_SCHEMA_VERSION,
     BODY_KEYS,
@@ -47,6 +47,7 @@ __all__ = [
     "Verifier",
     "VerifyReport",
     "chain_hash",
+    "iter_run_records",
     "query",
     "verify_chain",
 ]

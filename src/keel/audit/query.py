@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import datetime as _dt
+from collections.abc import Iterator
 from typing import Any, Final
 
 from keel.audit.record import EntryKind, Record, format_ts, record_from_row
 from keel.errors import InvalidRequestError
 from keel.store import Store
 
-__all__ = ["MAX_LIMIT", "query"]
+__all__ = ["MAX_LIMIT", "iter_run_records", "query"]
 
 MAX_LIMIT: Final = 10_000
 
@@ -77,3 +78,19 @@ def query(
     with store.read() as tx:
         rows = tx.fetchall(sql, params)
     return [record_from_row(row) for row in rows]
+
+
+def iter_run_records(store: Store, *, since: _dt.datetime | None = None) -> Iterator[Record]:
+    """Every record made inside a run (``run_id`` set), oldest first, streamed.
+
+    For history analysis (cost forecasts, reports): memory stays bounded however long the log.
+    """
+    sql = _SELECT + " WHERE run_id IS NOT NULL"
+    params: list[Any] = []
+    if since is not None:
+        sql += " AND ts >= ?"
+        params.append(format_ts(since))
+    sql += " ORDER BY seq, chain"
+    with store.read() as tx:
+        for row in tx.iterate(sql, params):
+            yield record_from_row(row)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from keel.gateway.budget import LedgerGuard, LimitsCache, LimitsSource, RateLimitGuard
 from keel.gateway.context import CallContext, CallRequest, CallResult
 from keel.gateway.gateway import Gateway
 from keel.gateway.guards import (
@@ -37,7 +38,11 @@ __all__ = [
     "KillSwitch",
     "KillSwitchGuard",
     "KillSwitches",
+    "LedgerGuard",
+    "LimitsCache",
+    "LimitsSource",
     "PolicyGuard",
+    "RateLimitGuard",
     "ResolveGuard",
     "Resolver",
     "ResponseCacheGuard",

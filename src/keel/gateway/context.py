@@ -72,12 +72,14 @@ class CallContext:
         "claimed",
         "cost",
         "error",
+        "estimate",
         "fingerprint",
         "idempotency_key",
         "notes",
         "principal",
         "replay",
         "request",
+        "reservation",
         "result",
         "result_json",
         "started",
@@ -98,6 +100,8 @@ class CallContext:
         self.idempotency_key: str | None = None
         self.claimed = False
         self.cost: Cost = ZERO_COST
+        self.estimate: Cost | None = None
+        self.reservation: str | None = None
         self.replay: dict[str, Any] | None = None
         self.result: Any = None
         self.result_json: str | None = None

@@ -260,8 +260,12 @@ class Gateway:
             body["tainted"] = True
         if request.metadata:
             body["metadata"] = dict(request.metadata)
-        if ctx.call is not None and ctx.call.kind == "model":
-            body["call_kind"] = "model"
+        call = ctx.call
+        if call is not None:
+            if call.kind == "model":
+                body["call_kind"] = "model"
+            if call.workflow is not None:
+                body["workflow"] = call.workflow
         if ctx.notes:
             body["notes"] = {k: v for k, v in ctx.notes.items() if k != "shadow"} or None
         return body

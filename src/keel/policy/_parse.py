@@ -11,6 +11,13 @@ from typing import cast
 import yaml
 
 from keel.core import Decision, Effect
+from keel.policy._limits import LimitsParser
+from keel.policy._names import ARG as _ARG
+from keel.policy._names import ARG_WHAT as _ARG_WHAT
+from keel.policy._names import NAME as _NAME
+from keel.policy._names import NAME_WHAT as _NAME_WHAT
+from keel.policy._names import TOOL_PATTERN
+from keel.policy._names import TOOL_WHAT as _TOOL_WHAT
 from keel.policy._yaml import MapView, Reader, join_key, suggest
 from keel.policy.document import (
     AUTONOMY_LEVELS,
@@ -32,12 +39,6 @@ from keel.policy.document import (
 
 __all__ = ["RESERVED_RULE_IDS", "parse_document"]
 
-TOOL_PATTERN = re.compile(r"[A-Za-z0-9_.:/@+*?-]+")
-_TOOL_WHAT = "a tool name or glob pattern (letters, digits, _ . : / @ + - and the wildcards * ?)"
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@/+-]*")
-_NAME_WHAT = "a name (letters, digits and _ . : @ / + -, starting with a letter or digit)"
-_ARG = re.compile(r"[A-Za-z0-9_$@-]+")
-_ARG_WHAT = "an argument name (letters, digits and _ $ @ -)"
 _TOKEN = re.compile(r"\S+")
 _TOKEN_WHAT = "a name without spaces"
 _LABEL = re.compile(r"\S(?:.*\S)?")
@@ -101,6 +102,8 @@ _TOP_KEYS = frozenset(
         "max_tokens_per_task",
         "max_tool_calls_per_task",
         "reflection_loop_cap",
+        "caps",
+        "rate_limits",
     }
 )
 _NESTED_KEYS = (_TOP_KEYS - {"policy"}) | {"name"}
@@ -137,14 +140,11 @@ _WHEN_KEYS = frozenset({"arguments", "tainted", "roles", "not_roles", "effect"})
 _WINDOW_KEYS = frozenset({"id", "tool", "tools", "timezone", "during", "outside", "reason"})
 
 
-class _Parser:
+class _Parser(LimitsParser):
     def __init__(self, source: str) -> None:
         self.r = Reader(source)
 
-    # -- small readers ----------------------------------------------------------------------------
-
-    def tools(self, node: yaml.Node, key: str) -> tuple[str, ...]:
-        return self.r.strings(node, key, pattern=TOOL_PATTERN, what=_TOOL_WHAT)
+    # -- small readers (``tools`` comes from LimitsParser) ----------------------------------------
 
     def tool_key(self, view: MapView, name: str) -> str:
         if not TOOL_PATTERN.fullmatch(name):
@@ -718,6 +718,8 @@ class _Parser:
             time_windows=self.time_windows(body),
             rules=self.rules(body),
             caps=self.caps(body),
+            budget_caps=self.budget_caps(body),
+            rate_limits=self.rate_limits(body),
         )
 
 

@@ -9,9 +9,10 @@ checks that concern its tool. Tool names are compared exactly, never normalized.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from keel.core import Call, Effect, Verdict
 from keel.policy._checks import (
@@ -31,19 +32,29 @@ from keel.policy.document import (
     AUTONOMY_LEVELS,
     ArgumentCondition,
     Autonomy,
+    CapSpec,
     PolicyCaps,
     PolicyDocument,
+    RateLimitSpec,
     Scope,
 )
 
 if TYPE_CHECKING:
     from keel.policy.engine import PolicySet
 
-__all__ = ["CompiledPolicy", "ToolPart", "compile_policy"]
+__all__ = ["CompiledPolicy", "ToolPart", "compile_policy", "selects"]
 
 #: Per-document caches of resolved tool and model names stop growing past this many entries
 #: (later names are resolved on every call instead); names come from the tool registry.
 CACHE_LIMIT: Final = 4096
+
+
+def selects(tools: Glob, models: Glob, kind: Literal["tool", "model"], target: str) -> bool:
+    """Whether a cap or rate limit with these ``tools``/``models`` patterns applies to a call:
+    neither given -> every call; else a tool call must match ``tools``, a model call ``models``."""
+    if not tools.patterns and not models.patterns:
+        return True
+    return (tools if kind == "tool" else models).matches(target)
 
 
 class ToolPart:
@@ -144,6 +155,15 @@ class CompiledPolicy:
             )
             rules.append((Glob(rule.tools), check))
         self._rules = tuple(rules)
+        qualify = f"{document.name}#"
+        self._budget_caps = tuple(
+            (Glob(c.tools), Glob(c.models), dataclasses.replace(c, id=qualify + c.id))
+            for c in document.budget_caps
+        )
+        self._rate_limits = tuple(
+            (Glob(r.tools), Glob(r.models), dataclasses.replace(r, id=qualify + r.id))
+            for r in document.rate_limits
+        )
         self._tool_parts: dict[str, ToolPart] = {}
         self._model_parts: dict[str, ToolPart] = {}
         self._solo: PolicySet | None = None
@@ -256,6 +276,23 @@ class CompiledPolicy:
             if glob.matches(tool):
                 (grants if rule.decision == "allow" else checks).append(rule)
         return ToolPart(deny, allow, tuple(grants), tuple(statics), tuple(checks))
+
+    def limits_part(
+        self, kind: Literal["tool", "model"], target: str
+    ) -> tuple[tuple[CapSpec, ...], tuple[RateLimitSpec, ...]]:
+        """This document's ``caps`` and ``rate_limits`` entries that apply to a call to
+        ``target`` (ids qualified ``<policy>#<id>``). Not cached here: PolicySet caches the
+        merged answer per target."""
+        caps = tuple(
+            c for tools, models, c in self._budget_caps if selects(tools, models, kind, target)
+        )
+        limits = tuple(
+            r
+            for tools, models, r in self._rate_limits
+            if (r.scope not in ("tool", "model") or r.scope == kind)
+            and selects(tools, models, kind, target)
+        )
+        return caps, limits
 
     # -- convenience ----------------------------------------------------------------------------
 

@@ -89,11 +89,40 @@ is expected.
         approvals_required: 2                # optional, approval/escalate only (default 1)
         escalate_to: fraud_review            # optional, escalate only (default: escalation)
 
-    # Caps: parsed and exposed as CompiledPolicy.caps; enforced by the ledger, not evaluate().
-    spending_limit_usd: 10000
-    max_tokens_per_task: 12000
-    max_tool_calls_per_task: 25
-    reflection_loop_cap: 25
+    # Per-task caps (a task is a run): enforced by the ledger, not evaluate().
+    spending_limit_usd: 10000      # money per run, every call (tools and models)
+    max_tokens_per_task: 12000     # tokens per run, every call
+    max_tool_calls_per_task: 25    # tool calls per run
+    reflection_loop_cap: 25        # exposed for the runtime (not a ledger cap)
+
+    caps:                          # more caps for the ledger (see "Caps" below)
+      - id: refunds-per-customer-day         # required, unique among caps
+        tools: [billing.refund]              # tool patterns; omit tools and models: every call
+        per: [arguments.customer_id]         # tenant | agent | workflow | run |
+                                             # arguments.<name> (default: the tenant)
+        window: day                          # call | run | day | none (default: none)
+        max_calls: 3                         # at least one of max_calls, max_usd, max_tokens
+        max_usd: 500
+        sum_argument: amount                 # sum this argument as the money, not the price
+      - id: model-spend-per-agent-day
+        models: ["gpt-4o*"]                  # model patterns (matched on the model name)
+        per: [agent]
+        window: day
+        max_usd: 50
+        max_tokens: 2000000
+        alert_at: 0.9                        # burn alert at this fraction (0 < x <= 1)
+
+    rate_limits:                   # token buckets keyed on identity (see "Rate limits" below)
+      - id: agent-calls                      # required, unique among rate limits
+        scope: agent                         # agent | tenant | tool | model
+        requests: 60                         # calls per interval
+        per: 1m                              # interval: <n>s, <n>m, <n>h or <n>d (1s to 7d)
+        burst: 10                            # optional: calls at once (default: requests)
+      - id: model-tokens
+        scope: model
+        models: ["gpt-*"]                    # optional: which calls take the bucket
+        tokens: 100000                       # model tokens per interval (requests optional)
+        per: 1m                              #   (tools: [...] likewise, not with scope model)
 
 The seed's nested form is also accepted: a file whose only top-level key is ``policy`` holding
 a mapping is read as that mapping (its name is ``name:`` inside it, else its ``agent:``).
@@ -139,6 +168,36 @@ strongest by ``keel.core.DECISION_PRECEDENCE``: deny > escalate > require_approv
   ``keel.canonical.digest([hash, ...])`` over their hashes in PolicySet order; when no document
   applies it is the PolicySet's own hash (the combined hash of all its documents).
 
+Caps
+----
+Every call is charged to the ledger's counters before it runs (its worst-case price, tokens and
+one call) and settled after; a call that would take any counter over a limit is denied. A cap in
+``caps:`` applies to calls whose target matches ``tools`` (tool calls) or ``models`` (model
+calls); with neither, to every call. ``per`` picks the counter: one per combination of the listed
+values, always within the caller's tenant; ``arguments.<name>`` keys on an argument's value (a
+call without that argument is refused). ``window``: ``none`` one counter forever, ``day`` one per
+calendar day in UTC, ``run`` one per run (a call outside any run is its own run), ``call`` no
+counter: each call alone must fit. ``sum_argument`` counts the named argument's value as the
+money (a refund's ``amount``) instead of the call's price; it needs ``max_usd``. ``alert_at``
+raises a burn alert (the call then needs approval) the first time a counter reaches that
+fraction of a limit; without it, run caps alert at the ledger's default (80%).
+
+The per-task caps are caps too: ``spending_limit_usd`` and ``max_tokens_per_task`` form the cap
+``task`` (window ``run``, every call), ``max_tool_calls_per_task`` the cap ``task-tool-calls``
+(window ``run``, tool calls); across applicable documents the tightest value applies. Caps from
+``caps:`` apply from every applicable document, each on its own counters, named
+``<policy>#<id>``.
+
+Rate limits
+-----------
+A rate limit is a token bucket refilled continuously: ``requests`` calls (and ``tokens`` model
+tokens) per ``per`` interval, at most ``burst`` calls at once. Buckets are keyed on identity,
+never on a session or token: ``agent`` one per agent (within its tenant), ``tenant`` one shared
+by all of the tenant's agents, ``tool`` one per tool name (tool calls only), ``model`` one per
+model name (model calls only). ``tools`` / ``models`` restrict which calls take the bucket. A
+call takes every applicable bucket or none; a limited call is refused with the time after which
+a retry may succeed. Limits from every applicable document apply, named ``<policy>#<id>``.
+
 Autonomy
 --------
 ``effect`` is the tool's declared effect: ``read``, ``reversible`` or ``irreversible``.
@@ -169,12 +228,19 @@ from keel.core import Decision, Effect
 
 __all__ = [
     "AUTONOMY_LEVELS",
+    "CAP_WINDOWS",
     "DAY_NAMES",
+    "RATE_SCOPES",
     "ArgumentCondition",
     "Autonomy",
+    "CapSpec",
+    "CapWindow",
     "EmailPolicy",
+    "Limits",
     "PolicyCaps",
     "PolicyDocument",
+    "RateLimitSpec",
+    "RateScope",
     "Rule",
     "Scalar",
     "Scope",
@@ -186,6 +252,10 @@ __all__ = [
 
 Autonomy = Literal["L0", "L1", "L2", "L3", "L4"]
 AUTONOMY_LEVELS: tuple[Autonomy, ...] = ("L0", "L1", "L2", "L3", "L4")
+CapWindow = Literal["call", "run", "day", "none"]
+CAP_WINDOWS: tuple[CapWindow, ...] = ("call", "run", "day", "none")
+RateScope = Literal["agent", "tenant", "tool", "model"]
+RATE_SCOPES: tuple[RateScope, ...] = ("agent", "tenant", "tool", "model")
 DAY_NAMES: tuple[str, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 _N = TypeVar("_N", int, Decimal)
@@ -437,6 +507,83 @@ class PolicyCaps:
 
 
 @dataclass(frozen=True, slots=True)
+class CapSpec:
+    """One ``caps:`` entry (or a per-task cap), as the ledger needs it; see "Caps" above.
+
+    ``tools``/``models`` select the calls (both empty: every call). ``per`` lists dimensions
+    (``tenant``, ``agent``, ``workflow``, ``run``, ``arguments.<name>``; empty: the whole
+    tenant, as every counter is within the caller's tenant). In a document ``id`` is
+    as written; in :class:`Limits` it is qualified (``<policy>#<id>``, or ``task`` /
+    ``task-tool-calls``).
+    """
+
+    id: str
+    tools: tuple[str, ...] = ()
+    models: tuple[str, ...] = ()
+    per: tuple[str, ...] = ()
+    window: CapWindow = "none"
+    max_usd: Decimal | None = None
+    max_tokens: int | None = None
+    max_calls: int | None = None
+    sum_argument: str | None = None
+    alert_at: Decimal | None = None
+
+    @property
+    def key_arguments(self) -> tuple[str, ...]:
+        """The argument names the counter is keyed on (``arguments.<name>`` in ``per``)."""
+        return tuple(p[len("arguments.") :] for p in self.per if p.startswith("arguments."))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "tools": list(self.tools),
+            "models": list(self.models),
+            "per": list(self.per),
+            "window": self.window,
+            "max_usd": None if self.max_usd is None else str(self.max_usd),
+            "max_tokens": self.max_tokens,
+            "max_calls": self.max_calls,
+            "sum_argument": self.sum_argument,
+            "alert_at": None if self.alert_at is None else str(self.alert_at),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitSpec:
+    """One ``rate_limits:`` entry; see "Rate limits" above. ``interval_seconds`` is ``per``."""
+
+    id: str
+    scope: RateScope
+    interval_seconds: int
+    requests: int | None = None
+    tokens: int | None = None
+    burst: int | None = None
+    tools: tuple[str, ...] = ()
+    models: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "scope": self.scope,
+            "interval_seconds": self.interval_seconds,
+            "requests": self.requests,
+            "tokens": self.tokens,
+            "burst": self.burst,
+            "tools": list(self.tools),
+            "models": list(self.models),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Every cap and rate limit that applies to one call target for one principal and workflow
+    (:meth:`keel.policy.PolicySet.limits_for`), ids qualified, in document order."""
+
+    caps: tuple[CapSpec, ...] = ()
+    rate_limits: tuple[RateLimitSpec, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class PolicyDocument:
     """One parsed policy file, normalized: aliases resolved, defaults filled in.
 
@@ -464,10 +611,12 @@ class PolicyDocument:
     time_windows: tuple[TimeWindow, ...] = ()
     rules: tuple[Rule, ...] = ()
     caps: PolicyCaps = PolicyCaps()
+    budget_caps: tuple[CapSpec, ...] = ()
+    rate_limits: tuple[RateLimitSpec, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """The normalized document as JSON-safe data (what the hash is computed over)."""
-        return {
+        out: dict[str, Any] = {
             "format": 1,
             "name": self.name,
             "version": self.version,
@@ -491,6 +640,13 @@ class PolicyDocument:
             "rules": [r.to_dict() for r in self.rules],
             "caps": self.caps.to_dict(),
         }
+        # Added in a later release: present only when used, so documents without them keep
+        # the hash they always had.
+        if self.budget_caps:
+            out["budget_caps"] = [c.to_dict() for c in self.budget_caps]
+        if self.rate_limits:
+            out["rate_limits"] = [r.to_dict() for r in self.rate_limits]
+        return out
 
     @property
     def hash(self) -> str:

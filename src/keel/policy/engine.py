@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import datetime as _dt
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from keel.canonical import digest
 from keel.core import Call, Effect, Principal, Verdict
 from keel.errors import ConfigError, UsageError
 from keel.policy._checks import DENY_RANK, Check, Hit, Match
 from keel.policy.compiler import CACHE_LIMIT, CompiledPolicy
-from keel.policy.document import PolicyCaps
+from keel.policy.document import CapSpec, Limits, PolicyCaps, RateLimitSpec
 
 __all__ = ["PolicySet", "combined_hash"]
 
@@ -179,7 +179,7 @@ class _Plan:
 class _Applicable:
     """The documents applying to one (tenant, agent, workflow), with their per-target plans."""
 
-    __slots__ = ("docs", "model_plans", "names", "policy_hash", "tool_plans")
+    __slots__ = ("caps", "docs", "limits", "model_plans", "names", "policy_hash", "tool_plans")
 
     def __init__(self, docs: tuple[CompiledPolicy, ...], set_hash: str) -> None:
         self.docs = docs
@@ -187,6 +187,48 @@ class _Applicable:
         self.policy_hash = combined_hash([d.hash for d in docs]) if docs else set_hash
         self.tool_plans: dict[str, _Plan] = {}
         self.model_plans: dict[str, _Plan] = {}
+        caps = PolicyCaps()
+        for doc in docs:
+            caps = caps.tightest(doc.caps)
+        self.caps = caps
+        self.limits: dict[tuple[str, str], Limits] = {}
+
+    def limits_for(self, kind: Literal["tool", "model"], target: str) -> Limits:
+        key = (kind, target)
+        found = self.limits.get(key)
+        if found is None:
+            found = self._build_limits(kind, target)
+            if len(self.limits) < CACHE_LIMIT:
+                self.limits[key] = found
+        return found
+
+    def _build_limits(self, kind: Literal["tool", "model"], target: str) -> Limits:
+        caps: list[CapSpec] = []
+        task = self.caps
+        if task.spending_limit_usd is not None or task.max_tokens_per_task is not None:
+            caps.append(
+                CapSpec(
+                    id="task",
+                    window="run",
+                    max_usd=task.spending_limit_usd,
+                    max_tokens=task.max_tokens_per_task,
+                )
+            )
+        if kind == "tool" and task.max_tool_calls_per_task is not None:
+            caps.append(
+                CapSpec(
+                    id="task-tool-calls",
+                    tools=("*",),
+                    window="run",
+                    max_calls=task.max_tool_calls_per_task,
+                )
+            )
+        limits: list[RateLimitSpec] = []
+        for doc in self.docs:
+            doc_caps, doc_limits = doc.limits_part(kind, target)
+            caps.extend(doc_caps)
+            limits.extend(doc_limits)
+        return Limits(caps=tuple(caps), rate_limits=tuple(limits))
 
     def tool_plan(self, tool: str) -> _Plan:
         plan = self.tool_plans.get(tool)
@@ -347,11 +389,25 @@ class PolicySet:
         return self._applicable(principal.tenant, principal.agent_id, workflow).docs
 
     def caps_for(self, principal: Principal, workflow: str | None = None) -> PolicyCaps:
-        """The tightest caps over the applicable documents (for the ledger)."""
-        caps = PolicyCaps()
-        for policy in self.applicable(principal, workflow):
-            caps = caps.tightest(policy.caps)
-        return caps
+        """The tightest per-task caps over the applicable documents."""
+        return self._applicable(principal.tenant, principal.agent_id, workflow).caps
+
+    def limits_for(
+        self,
+        principal: Principal,
+        workflow: str | None,
+        kind: Literal["tool", "model"],
+        target: str,
+    ) -> Limits:
+        """Every cap and rate limit the ledger must apply to a call to ``target``: the per-task
+        caps (``task``, and ``task-tool-calls`` for tool calls; tightest over the applicable
+        documents), then each applicable document's ``caps`` and ``rate_limits`` entries that
+        select the call, ids qualified ``<policy>#<id>``. Cached per (tenant, agent, workflow)
+        and target: on the hot path this is two dictionary lookups."""
+        key = (principal.tenant, principal.agent_id, workflow)
+        group = self._scopes.get(key) or self._applicable(*key)
+        found = group.limits.get((kind, target))
+        return found if found is not None else group.limits_for(kind, target)
 
     # -- decisions ------------------------------------------------------------------------------
 

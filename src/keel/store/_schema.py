@@ -95,6 +95,82 @@ MIGRATIONS: Final[tuple[tuple[int, str, tuple[str, ...]], ...]] = (
             "CREATE INDEX model_cache_expiry ON model_cache (expires_at)",
         ),
     ),
+    (
+        3,
+        "ledger: budget counters, reservations, rate-limit buckets",
+        (
+            # Money columns are integer micro-dollars (1 USD = 1,000,000); see keel.ledger.
+            # One row per (cap, key, period); spent + reserved is checked against the limit
+            # by one conditional upsert. alert_* are burn-alert thresholds; alert_reservation is
+            # the reservation that first reached one.
+            """CREATE TABLE ledger_counters (
+                tenant TEXT NOT NULL,
+                cap_id TEXT NOT NULL,
+                scope TEXT NOT NULL,
+                cap_key TEXT NOT NULL,
+                period TEXT NOT NULL,
+                workflow TEXT,
+                run_id TEXT,
+                limit_usd {bigint},
+                limit_tokens {bigint},
+                limit_calls {bigint},
+                spent_usd {bigint} NOT NULL DEFAULT 0,
+                reserved_usd {bigint} NOT NULL DEFAULT 0,
+                spent_tokens {bigint} NOT NULL DEFAULT 0,
+                reserved_tokens {bigint} NOT NULL DEFAULT 0,
+                spent_calls {bigint} NOT NULL DEFAULT 0,
+                reserved_calls {bigint} NOT NULL DEFAULT 0,
+                alert_usd {bigint},
+                alert_tokens {bigint},
+                alert_calls {bigint},
+                alert_reservation TEXT,
+                last_reservation TEXT NOT NULL,
+                created_at TEXT NOT NULL,
+                updated_at TEXT NOT NULL,
+                PRIMARY KEY (tenant, cap_id, scope, cap_key, period)
+            )""",
+            "CREATE INDEX ledger_counters_run ON ledger_counters (run_id) WHERE run_id IS NOT NULL",
+            # status: held -> settled | released | expired (-> settled, if it settles late).
+            # charges: JSON list of the counters held and by how much.
+            """CREATE TABLE ledger_reservations (
+                reservation_id TEXT NOT NULL PRIMARY KEY,
+                tenant TEXT NOT NULL,
+                agent TEXT NOT NULL,
+                workflow TEXT,
+                run_id TEXT,
+                call_id TEXT NOT NULL,
+                target TEXT NOT NULL,
+                status TEXT NOT NULL,
+                amount_usd {bigint} NOT NULL,
+                tokens {bigint} NOT NULL,
+                calls {bigint} NOT NULL,
+                actual_usd {bigint},
+                actual_tokens {bigint},
+                charges TEXT NOT NULL,
+                created_at TEXT NOT NULL,
+                expires_at TEXT NOT NULL,
+                expired_at TEXT,
+                finished_at TEXT
+            )""",
+            "CREATE INDEX ledger_reservations_held ON ledger_reservations (expires_at) "
+            "WHERE status = 'held'",
+            "CREATE INDEX ledger_reservations_run ON ledger_reservations (run_id) "
+            "WHERE run_id IS NOT NULL",
+            # Token buckets: level and capacity in units x interval_ms, refill per ms (exact).
+            """CREATE TABLE rate_buckets (
+                limit_id TEXT NOT NULL,
+                dimension TEXT NOT NULL,
+                bucket_key TEXT NOT NULL,
+                capacity {bigint} NOT NULL,
+                refill {bigint} NOT NULL,
+                full_after_ms {bigint} NOT NULL,
+                level {bigint} NOT NULL,
+                updated_ms {bigint} NOT NULL,
+                last_cost {bigint} NOT NULL,
+                PRIMARY KEY (limit_id, dimension, bucket_key)
+            ) {without_rowid}""",
+        ),
+    ),
 )
 
 SCHEMA_VERSION: Final[int] = MIGRATIONS[-1][0]
