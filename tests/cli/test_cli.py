@@ -37,6 +37,8 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     done = keel("demo", "--dir", str(directory), "--quiet")
     assert done.returncode == 0, done.stderr + done.stdout
     assert "audit chain verified" in done.stdout
+    assert "per completed ticket" in done.stdout
+    assert "Forecast vs actual" in done.stdout
     return directory
 
 
@@ -210,3 +212,36 @@ def test_malformed_config_names_the_setting(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "max_json_depth" in done.stderr
     assert "keel.yaml:2" in done.stderr
+
+
+def test_demo_meters_every_model_call_and_stops_the_runaway(demo: Path) -> None:
+    done = keel("audit", "show", "--config", str(demo / "keel.yaml"), "--json", "--limit", "5000")
+    records = [json.loads(line) for line in done.stdout.splitlines()]
+    models = [r for r in records if r["body"].get("call_kind") == "model" and r["kind"] == "call"]
+    assert len(models) > 50
+    assert all(float(r["body"]["cost"]["usd"]) > 0 for r in models)
+    assert all(r["body"]["cost"]["input_tokens"] > 0 for r in models)
+    loop = [r for r in records if r["run_id"] == "run-T-1099"]
+    assert any(r["rule_id"] == "burn:task-tool-calls" for r in loop)
+    stops = [r for r in loop if r["rule_id"] == "budget:task-tool-calls"]
+    assert len(stops) == 1
+    assert "would be exceeded" in stops[0]["body"]["error"]["message"]
+    tool_calls = [r for r in loop if r["kind"] == "call" and "call_kind" not in r["body"]]
+    assert len(tool_calls) == 10  # max_tool_calls_per_task counts every tool call of the run
+
+
+def test_budget_show_and_forecast(demo: Path) -> None:
+    config = str(demo / "keel.yaml")
+    shown = keel("budget", "show", "--config", config, "--run", "run-T-1099")
+    assert shown.returncode == 0, shown.stderr
+    assert "task-tool-calls" in shown.stdout
+    forecast = keel("forecast", "support", "--runs", "1000", "--config", config)
+    assert forecast.returncode == 0, forecast.stderr
+    assert "expected total" in forecast.stdout
+    assert "P90" in forecast.stdout
+    backtest = keel("forecast", "support", "--backtest", "--config", config)
+    assert backtest.returncode == 0, backtest.stderr
+    assert "error" in backtest.stdout
+    missing = keel("forecast", "nope", "--config", config)
+    assert missing.returncode == 2
+    assert "runs" in missing.stderr

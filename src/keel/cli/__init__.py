@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from keel.cli._audit import audit_app
+from keel.cli._budget import budget_app, forecast_command
 from keel.cli._common import (
     ConfigOption,
     StoreOption,
@@ -31,6 +32,8 @@ app = typer.Typer(
 )
 app.add_typer(policy_app, name="policy")
 app.add_typer(audit_app, name="audit")
+app.add_typer(budget_app, name="budget")
+app.command("forecast")(forecast_command)
 token_app = typer.Typer(help="Agent tokens.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
 db_app = typer.Typer(help="The store's schema.", no_args_is_help=True)
