@@ -161,3 +161,24 @@ def test_burn_alert_requires_approval_once(app: App) -> None:
     assert pay.calls == 3
     line = next(line for line in app.ledger.report(run_id="r") if line.cap_id == "task")
     assert line.reserved_usd == 0  # the stopped call released its hold
+
+
+def test_a_failed_model_call_spends_nothing(app: App) -> None:
+    """A malformed provider answer is recorded; its hold is released, nothing is settled."""
+    from keel.errors import ModelResponseInvalid
+    from keel.testing import FaultPlan, Reply, Rule
+
+    broken = ScriptedModel(
+        [Rule(r".", Reply(tool_calls=[("orders.lookup", {"order_id": "A"})]))],
+        faults=FaultPlan(seed=1, malformed_json=1.0),
+    )
+    app.add_model("flaky", broken)
+    agent = app.agent("bot", tenant="acme", scopes=["models:invoke"])
+    request = {"model": "flaky", "messages": [{"role": "user", "content": "x"}], "max_tokens": 20}
+    with pytest.raises(ModelResponseInvalid):
+        agent.model(request, run_id="r")
+    line = next(line for line in app.ledger.report(run_id="r") if line.cap_id == "task")
+    assert line.spent_usd == 0
+    assert line.reserved_usd == 0
+    record = query(app.store, limit=1)[0]
+    assert record.entry.body["error"]["code"] == "model_response_invalid"

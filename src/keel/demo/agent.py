@@ -164,6 +164,10 @@ class SupportAgent:
             except BudgetExceeded as exc:
                 self._refused(ticket, call.name, call.arguments or {}, exc)
                 return
+            except KeelError as exc:  # e.g. arguments that break the schema: tell the model
+                self._refused(ticket, call.name, call.arguments or {}, exc)
+                messages.append({"role": "tool", "tool_call_id": call.id, "content": exc.message})
+                continue
             messages.append({"role": "tool", "tool_call_id": call.id, "content": str(result.value)})
 
     def _attempt(
