@@ -23,6 +23,7 @@ LAYERS: dict[str, int] = {
     "keel.tools": 2,
     "keel.ledger": 2,
     "keel.models": 2,
+    "keel.approvals": 3,
     "keel.gateway": 3,
     "keel.app": 4,
     "keel.runtime": 4,
@@ -36,6 +37,8 @@ LAYERS: dict[str, int] = {
 }
 #: Packages at the same layer that must not import each other.
 SIBLINGS_ISOLATED = {2}
+#: Same-layer imports that go one way only: the gateway uses approvals, never the reverse.
+FORBIDDEN: dict[str, frozenset[str]] = {"keel.approvals": frozenset({"keel.gateway"})}
 
 
 def _owner(module: str) -> str:
@@ -91,6 +94,7 @@ def test_imports_point_down(module: str, path: Path) -> None:
         assert target_layer <= layer, (
             f"{module} (layer {layer}) imports {imported} (layer {target_layer})"
         )
+        assert target not in FORBIDDEN.get(owner, ()), f"{module} must not import {imported}"
         if target_layer == layer and layer in SIBLINGS_ISOLATED:
             pytest.fail(
                 f"{module} imports its sibling {imported}; layer {layer} siblings are independent"

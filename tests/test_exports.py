@@ -28,7 +28,11 @@ EXPECTED = {
         "load_config",
     ],
     "keel.gateway": [
-        "ApprovalGate",
+        "BreakerState",
+        "BreakerStatus",
+        "CircuitBreakerGuard",
+        "CircuitOpen",
+        "ApprovalGuard",
         "AuthenticateGuard",
         "Authenticator",
         "CallContext",

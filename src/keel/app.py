@@ -16,6 +16,8 @@ Keys, the redaction salt and the audit anchor file live in ``config.home``.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
+import inspect
 import os
 import secrets
 import threading
@@ -26,12 +28,13 @@ from typing import Any, Literal, TypeVar
 
 import pydantic
 
+from keel.approvals import Approvals
 from keel.audit import AuditLog, Redactor, VerifyReport, verify_chain
 from keel.config import KeelConfig
 from keel.core import Call, Clock, Effect, Principal, SystemClock, Verdict
-from keel.errors import ConfigError
+from keel.errors import ConfigError, InvalidRequestError, UsageError
 from keel.gateway import (
-    ApprovalGate,
+    ApprovalGuard,
     AuthenticateGuard,
     CallRequest,
     CallResult,
@@ -49,18 +52,22 @@ from keel.gateway import (
     ResponseCacheGuard,
     ScopeGuard,
 )
+from keel.gateway.breaker import CircuitBreakerGuard
 from keel.identity import KeySet, TokenIssuer, TokenVerifier
 from keel.ledger import Ledger, RateLimiter
 from keel.models import ModelRequest, Provider, ResponseCache, Router
 from keel.policy import CompiledPolicy, Limits, PolicySet, load_policy
 from keel.runtime import ModelCaller, ModelCatalog, ModelOutcome, ModelTarget, Targets
+from keel.runtime.engine import Runtime, WorkflowDef
 from keel.runtime.modelconfig import ModelSettings, build_prices, build_providers
+from keel.runtime.payloads import Payloads, load_or_create_key
 from keel.store import Store, open_store
-from keel.tools import FunctionTool, ReconcileHook, Tool, ToolRegistry
+from keel.tools import FunctionTool, ReconcileHook, Tool, ToolRegistry, check_tool_name
 
 __all__ = ["Agent", "App"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+W = TypeVar("W", bound=Callable[..., Any])
 
 
 class _Policies:
@@ -124,6 +131,7 @@ class App:
         clock: Clock | None = None,
         store: Store | None = None,
         extra_guards: Sequence[Guard] = (),
+        breaker: CircuitBreakerGuard | None = None,
     ) -> None:
         self.config = config or KeelConfig()
         self.clock: Clock = clock or SystemClock()
@@ -150,6 +158,8 @@ class App:
         )
         self.tools = ToolRegistry()
         self._providers: dict[str, Provider] = {}
+        self._workflows: dict[str, tuple[WorkflowDef, str]] = {}
+        self.payloads = Payloads(self.store, key=load_or_create_key(home / "payload.key"))
         model_settings = ModelSettings.parse(self.config.models)
         self.models = ModelCatalog(build_prices(model_settings))
         for name, provider in build_providers(model_settings).items():
@@ -184,6 +194,8 @@ class App:
         for path in self.config.policy_paths:
             self.load_policy(path)
         limits = LimitsCache(self._policies)
+        self.breaker = breaker or CircuitBreakerGuard(self.clock)
+        self.approvals = Approvals(self.store, self.audit, self.clock)
         self.gateway = Gateway(
             store=self.store,
             audit=self.audit,
@@ -202,9 +214,10 @@ class App:
                 ResponseCacheGuard(self.model_cache),
                 RateLimitGuard(self.rate_limiter, limits),
                 LedgerGuard(self.ledger, limits),
+                self.breaker,
                 *extra_guards,
                 IdempotencyGuard(self.idempotency, self.clock),
-                ApprovalGate(),
+                ApprovalGuard(self.approvals, self.redactor.redact),
             ],
         )
 
@@ -276,6 +289,60 @@ class App:
 
     def use_router(self, router: Router) -> None:
         self.router = router
+
+    # -- workflows ---------------------------------------------------------------------------
+
+    def workflow(
+        self,
+        name: str,
+        *,
+        agent: str,
+        scopes: Iterable[str],
+        roles: Iterable[str] = (),
+        tenant: str = "default",
+        max_step_attempts: int = 3,
+    ) -> Callable[[W], W]:
+        """Decorator: register an ``async def flow(run, input)`` as a durable workflow.
+
+        Its runs act as ``agent`` (with ``scopes`` and ``roles``) in ``tenant``; every step goes
+        through the gateway with a short-lived token bound to the run.
+        """
+        check_tool_name(name, what="workflow name")
+
+        def register(fn: W) -> W:
+            if name in self._workflows:
+                raise UsageError(f"a workflow named {name!r} is already registered")
+            self._workflows[name] = (
+                WorkflowDef(
+                    name=name,
+                    fn=fn,
+                    agent=agent,
+                    scopes=tuple(scopes),
+                    roles=tuple(roles),
+                    max_step_attempts=max_step_attempts,
+                    description=(inspect.getdoc(fn) or "").strip(),
+                ),
+                tenant,
+            )
+            return fn
+
+        return register
+
+    def workflow_def(self, name: str) -> WorkflowDef:
+        found = self._workflows.get(name)
+        if found is None:
+            raise InvalidRequestError(
+                f"no workflow named {name!r} is registered", code="unknown_workflow"
+            )
+        return found[0]
+
+    def workflow_tenant(self, name: str) -> str:
+        self.workflow_def(name)
+        return self._workflows[name][1]
+
+    @property
+    def workflows(self) -> list[str]:
+        return sorted(self._workflows)
 
     # -- policies ----------------------------------------------------------------------------
 
@@ -366,6 +433,11 @@ class App:
     async def acall(self, request: CallRequest) -> CallResult:
         return await self.gateway.acall(request)
 
+    @functools.cached_property
+    def runtime(self) -> Runtime:
+        """Durable runs of this App's workflows: submit, inspect, re-drive, and workers."""
+        return Runtime(self)
+
     def model_caller(self) -> ModelCaller:
         return ModelCaller(self.gateway, self.router)
 
@@ -447,6 +519,7 @@ class Agent:
         workflow: str | None,
         tainted: bool,
         trace_id: str | None,
+        approval_id: str | None = None,
     ) -> CallRequest:
         return CallRequest(
             tool=tool,
@@ -458,6 +531,7 @@ class Agent:
             idempotency_key=idempotency_key,
             tainted=tainted,
             trace_id=trace_id,
+            approval_id=approval_id,
         )
 
     def call(
@@ -471,8 +545,13 @@ class Agent:
         workflow: str | None = None,
         tainted: bool = False,
         trace_id: str | None = None,
+        approval_id: str | None = None,
     ) -> CallResult:
-        """Make a governed call; raises the KeelError that stopped it."""
+        """Make a governed call; raises the KeelError that stopped it.
+
+        ``approval_id`` presents the approval a person granted for exactly this call (after an
+        ``ApprovalRequired`` named it); it authorizes one execution.
+        """
         request = self._request(
             tool,
             arguments,
@@ -482,6 +561,7 @@ class Agent:
             workflow=workflow,
             tainted=tainted,
             trace_id=trace_id,
+            approval_id=approval_id,
         )
         return self.app.gateway.call(request)
 
@@ -496,6 +576,7 @@ class Agent:
         workflow: str | None = None,
         tainted: bool = False,
         trace_id: str | None = None,
+        approval_id: str | None = None,
     ) -> CallResult:
         """Async form of :meth:`call`."""
         request = self._request(
@@ -507,6 +588,7 @@ class Agent:
             workflow=workflow,
             tainted=tainted,
             trace_id=trace_id,
+            approval_id=approval_id,
         )
         return await self.app.gateway.acall(request)
 

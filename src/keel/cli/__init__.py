@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from keel.cli._approvals import approvals_app
 from keel.cli._audit import audit_app
 from keel.cli._budget import budget_app, forecast_command
 from keel.cli._common import (
@@ -20,6 +21,7 @@ from keel.cli._common import (
     resolve_config,
 )
 from keel.cli._policy import policy_app
+from keel.cli._runs import runs_app, worker_command
 
 __all__ = ["app", "main"]
 
@@ -32,8 +34,11 @@ app = typer.Typer(
 )
 app.add_typer(policy_app, name="policy")
 app.add_typer(audit_app, name="audit")
+app.add_typer(approvals_app, name="approvals")
 app.add_typer(budget_app, name="budget")
 app.command("forecast")(forecast_command)
+app.command("worker")(worker_command)
+app.add_typer(runs_app, name="runs")
 token_app = typer.Typer(help="Agent tokens.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
 db_app = typer.Typer(help="The store's schema.", no_args_is_help=True)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from keel.gateway.approval import ApprovalGuard
+from keel.gateway.breaker import BreakerState, BreakerStatus, CircuitBreakerGuard, CircuitOpen
 from keel.gateway.budget import LedgerGuard, LimitsCache, LimitsSource, RateLimitGuard
 from keel.gateway.context import CallContext, CallRequest, CallResult
 from keel.gateway.gateway import Gateway
 from keel.gateway.guards import (
-    ApprovalGate,
     AuthenticateGuard,
     Authenticator,
     Decider,
@@ -23,12 +24,16 @@ from keel.gateway.idempotency import IdempotencyKeys
 from keel.gateway.killswitch import KillScope, KillSwitch, KillSwitches
 
 __all__ = [
-    "ApprovalGate",
+    "ApprovalGuard",
     "AuthenticateGuard",
     "Authenticator",
+    "BreakerState",
+    "BreakerStatus",
     "CallContext",
     "CallRequest",
     "CallResult",
+    "CircuitBreakerGuard",
+    "CircuitOpen",
     "Decider",
     "Gateway",
     "Guard",

@@ -18,7 +18,9 @@ class CallRequest:
 
     ``token`` is the agent's signed token. ``idempotency_key`` is optional; inside a run the key
     defaults to ``run_id`` + ``step_id``. ``tainted`` says untrusted content has entered the
-    context that produced this call (policies may condition on it).
+    context that produced this call (policies may condition on it). ``approval_id`` presents an
+    approval a person granted for exactly this call (the runtime passes it when it resumes the
+    step); it is used at most once.
     """
 
     tool: str
@@ -32,6 +34,7 @@ class CallRequest:
     tainted: bool = False
     trace_id: str | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    approval_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,6 @@ from typing import Literal, Protocol
 from keel.canonical import canonical_json, check_depth, sha256_hex
 from keel.core import Call, Clock, Effect, Principal, Verdict
 from keel.errors import (
-    ApprovalRequired,
     AuthorizationError,
     InternalError,
     InvalidRequestError,
@@ -32,7 +31,6 @@ from keel.store import Transaction
 from keel.tools import Tool
 
 __all__ = [
-    "ApprovalGate",
     "AuthenticateGuard",
     "Authenticator",
     "Decider",
@@ -332,28 +330,3 @@ class ResponseCacheGuard(Guard):
                 ModelRequest.from_dict(ctx.call.arguments),
                 ModelResponse.from_dict(ctx.result),
             )
-
-
-class ApprovalGate(Guard):
-    """Stops calls whose verdict needs a person (``require_approval`` / ``escalate``).
-
-    The durable-runtime layer replaces this with a guard that accepts a valid approval token.
-    """
-
-    name = "approval"
-
-    def before(self, ctx: CallContext) -> None:
-        verdict = ctx.verdict
-        if verdict is None or verdict.decision in ("allow", "deny"):
-            return
-        what = "escalated" if verdict.decision == "escalate" else "needs approval"
-        raise ApprovalRequired(
-            f"{verdict.reason} — the call {what}",
-            code="escalated" if verdict.decision == "escalate" else "approval_required",
-            context={
-                "rule_id": verdict.rule_id,
-                "approvals_required": verdict.approvals_required,
-                "approvers": list(verdict.approvers),
-                "escalate_to": verdict.escalate_to,
-            },
-        )

@@ -149,6 +149,20 @@ class IdempotencyKeys:
             (tenant, key),
         )
 
+    def release_stale(self, tenant: str, key: str) -> None:
+        """Drop an in-flight claim left by an execution that died, once reconciliation proved
+        the effect did not happen (so the call may run)."""
+        with self._store.write() as tx:
+            self.release(tx, tenant, key)
+
+    def forget_failed(self, tx: Transaction, tenant: str, key: str) -> None:
+        """Drop a recorded *failure* so the call may run again (an operator re-drives a run).
+        Successful outcomes and in-flight claims are never dropped."""
+        tx.execute(
+            "DELETE FROM idempotency_keys WHERE tenant = ? AND idem_key = ? AND status = 'failed'",
+            (tenant, key),
+        )
+
     def purge_expired(self, now: _dt.datetime) -> int:
         with self._store.write() as tx:
             return tx.execute(

@@ -29,6 +29,7 @@ from keel.errors import (
     UsageError,
 )
 from keel.gateway import CallRequest, CallResult, Gateway
+from keel.gateway.breaker import CircuitOpen
 from keel.models import (
     ModelRequest,
     ModelResponse,
@@ -219,7 +220,7 @@ class ModelCaller:
     """Routed, governed model calls for one agent token source. Thread-safe."""
 
     #: Errors after which the next target is tried (the provider failed, not governance).
-    FALLBACK_ERRORS: tuple[type[KeelError], ...] = (ModelError, RateLimited)
+    FALLBACK_ERRORS: tuple[type[KeelError], ...] = (ModelError, RateLimited, CircuitOpen)
 
     def __init__(self, gateway: Gateway, router: Router | None = None) -> None:
         self._gateway = gateway

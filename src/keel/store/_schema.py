@@ -243,7 +243,9 @@ MIGRATIONS: Final[tuple[tuple[int, str, tuple[str, ...]], ...]] = (
                 token_expires TEXT,
                 used_at TEXT
             )""",
-            "CREATE UNIQUE INDEX approvals_binding ON approvals (tenant, binding)",
+            # One live request per bound call; a call refused, used or expired may ask again.
+            "CREATE UNIQUE INDEX approvals_binding ON approvals (tenant, binding) "
+            "WHERE status IN ('pending', 'escalated', 'approved', 'executing')",
             "CREATE INDEX approvals_status ON approvals (status, created_at)",
         ),
     ),

@@ -1,0 +1,655 @@
+"""Durable workflows: runs that replay their journal, wait for people and timers, and survive
+crashes without repeating an effect.
+
+A workflow is an ``async`` function ``(run: Run, input) -> result``. Each governed call it makes
+through ``run.tool`` / ``run.model`` is a *step* with a deterministic id (its position in the
+workflow's sequence of calls). Resuming a run re-executes the function from the top: steps with a
+recorded outcome return it without executing, and the first step without one executes for real.
+
+Crash safety, step by step:
+
+1. ``started`` is committed to the journal before the step runs;
+2. the gateway executes it with the idempotency key ``<run_id>/<step_id>`` (the tool receives it)
+   and commits the audit record and the idempotency outcome together;
+3. ``succeeded`` / ``failed`` is committed to the journal.
+
+A crash after 1 leaves a ``started`` step: on resume the same call is made again with the same
+key. If 2 committed, the gateway replays the recorded outcome (no second effect). If it did not,
+a read runs again (harmless), a tool that honours keys dedupes, and a tool that does neither finds
+its durable in-flight claim: Keel asks the tool's reconcile hook whether the effect happened, and
+without one parks the run for a person — it never blindly repeats an irreversible call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as _dt
+import inspect
+import logging
+import random
+import threading
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from keel.canonical import check_limits, digest
+from keel.core import Effect, new_id
+from keel.errors import (
+    ApprovalRequired,
+    IdempotencyInFlight,
+    InternalError,
+    KeelError,
+    KillSwitchEngaged,
+    UsageError,
+)
+from keel.gateway import CallRequest
+from keel.runtime.journal import JournalEntry, RunRecord, RunStore
+from keel.runtime.models import ModelOutcome
+from keel.tools import ToolContext
+
+if TYPE_CHECKING:
+    from keel.app import Agent, App
+
+__all__ = [
+    "NonDeterminism",
+    "Run",
+    "Runtime",
+    "StepFailed",
+    "Worker",
+    "WorkflowDef",
+]
+
+log = logging.getLogger("keel.runtime")
+
+MAX_STATE_BYTES = 10 * 1024
+
+
+class NonDeterminism(KeelError):
+    """The workflow asked for a different step than its journal holds at that position."""
+
+    code = "nondeterminism"
+
+
+class StepFailed(KeelError):
+    """A step failed (now, or in an earlier execution of this run); ``context`` has the error."""
+
+    code = "step_failed"
+
+
+class _Suspend(Exception):  # control flow: never escapes the runtime
+    def __init__(self, reason: str, wake_at: _dt.datetime | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.wake_at = wake_at
+
+
+class _Stop(Exception):  # control flow: the run ends in ``status``
+    def __init__(self, status: str, reason: str, error: dict[str, Any] | None = None) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.error = error
+
+
+WorkflowFn = Callable[["Run", Any], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class WorkflowDef:
+    """A registered workflow and the identity its runs act as."""
+
+    name: str
+    fn: WorkflowFn
+    agent: str
+    scopes: tuple[str, ...]
+    roles: tuple[str, ...] = ()
+    max_step_attempts: int = 3
+    description: str = ""
+
+
+@dataclass
+class _Execution:
+    record: RunRecord
+    steps: dict[str, JournalEntry]
+    agent: Agent
+    position: int = 0
+    state: dict[str, Any] = field(default_factory=dict)
+
+
+class Run:
+    """What a workflow sees: governed steps, durable sleep, escalation and a small state.
+
+    Not thread-safe: one Run per execution of one run, used by its workflow coroutine.
+    """
+
+    def __init__(self, runtime: Runtime, execution: _Execution, definition: WorkflowDef) -> None:
+        self._rt = runtime
+        self._ex = execution
+        self._def = definition
+
+    @property
+    def run_id(self) -> str:
+        return self._ex.record.run_id
+
+    @property
+    def tenant(self) -> str:
+        return self._ex.record.tenant
+
+    @property
+    def workflow(self) -> str:
+        return self._def.name
+
+    @property
+    def state(self) -> dict[str, Any]:
+        """A small JSON goal state (≤ 10 KB), saved when the run waits or ends."""
+        return self._ex.state
+
+    @property
+    def replaying(self) -> bool:
+        """True while steps are being answered from the journal."""
+        return str(self._ex.position) in self._ex.steps
+
+    # -- steps -----------------------------------------------------------------------------------
+
+    async def tool(
+        self, name: str, arguments: Mapping[str, Any] | None = None, *, tainted: bool = False
+    ) -> Any:
+        """Call a tool through the gateway, as this run's agent; returns the tool's result."""
+        args = dict(arguments or {})
+
+        async def execute(step_id: str, approval_id: str | None) -> Any:
+            request = CallRequest(
+                tool=name,
+                arguments=args,
+                token=self._ex.agent.token,
+                run_id=self.run_id,
+                step_id=step_id,
+                workflow=self.workflow,
+                tainted=tainted,
+                **({"approval_id": approval_id} if approval_id else {}),  # type: ignore[arg-type]
+            )
+            result = await asyncio.to_thread(self._rt.app.gateway.call, request)
+            return result.value
+
+        return await self._step("tool", name, args, execute)
+
+    async def model(
+        self,
+        request: Mapping[str, Any],
+        *,
+        tier: str | None = None,
+        task_class: str | None = None,
+        risk: Effect | None = None,
+        sensitivity: str | None = None,
+        tainted: bool = False,
+    ) -> dict[str, Any]:
+        """A routed, governed, metered model call; returns the response in dict form."""
+        data = dict(request)
+
+        async def execute(step_id: str, approval_id: str | None) -> Any:
+            caller = self._rt.app.model_caller()
+
+            def complete() -> ModelOutcome:
+                return caller.complete(
+                    lambda: self._ex.agent.token,
+                    data,
+                    tier=tier,
+                    task_class=task_class,
+                    risk=risk,
+                    sensitivity=sensitivity,
+                    run_id=self.run_id,
+                    step_id=step_id,
+                    workflow=self.workflow,
+                    tainted=tainted,
+                )
+
+            outcome = await asyncio.to_thread(complete)
+            return outcome.response.to_dict()
+
+        target = str(data.get("model") or tier or task_class or "model")
+        value: dict[str, Any] = await self._step("model", target, data, execute)
+        return value
+
+    async def sleep(self, duration: float | _dt.timedelta) -> None:
+        """Wait durably: the run is suspended, costs nothing and survives restarts."""
+        seconds = duration.total_seconds() if isinstance(duration, _dt.timedelta) else duration
+        if seconds < 0:
+            raise UsageError("run.sleep needs a duration of zero or more")
+        step_id, entry = self._next("sleep", "sleep", {"seconds": seconds})
+        now = self._rt.clock.now()
+        if entry is None:
+            wake = now + _dt.timedelta(seconds=seconds)
+            self._rt.runs.begin_step(
+                self.run_id,
+                step_id,
+                int(step_id),
+                "sleep",
+                "sleep",
+                _digest("sleep", "sleep", {"seconds": seconds}),
+            )
+            self._rt.runs.finish_step(self.run_id, step_id, "sleeping", wake_at=wake)
+            raise _Suspend("timer", wake)
+        if entry.status == "succeeded":
+            return
+        assert entry.wake_at is not None
+        if now < entry.wake_at:
+            raise _Suspend("timer", entry.wake_at)
+        self._rt.runs.finish_step(self.run_id, step_id, "succeeded")
+
+    def escalate(self, reason: str) -> NoReturn:
+        """Hand the run to a person: it ends ``escalated`` with the reason, recorded."""
+        raise _Stop("escalated", reason)
+
+    # -- the step protocol -----------------------------------------------------------------------
+
+    def _next(
+        self, kind: str, target: str, arguments: Mapping[str, Any]
+    ) -> tuple[str, JournalEntry | None]:
+        position = self._ex.position
+        self._ex.position += 1
+        step_id = str(position)
+        entry = self._ex.steps.get(step_id)
+        if entry is not None:
+            wanted = _digest(kind, target, arguments)
+            if (entry.kind, entry.target, entry.call_digest) != (kind, target, wanted):
+                raise NonDeterminism(
+                    f"step {step_id} of run {self.run_id} was {entry.kind} {entry.target!r} "
+                    f"when it ran, but the workflow now asks for {kind} {target!r}"
+                    + (" with different arguments" if entry.target == target else "")
+                    + "; the code changed under a running workflow",
+                    context={"run_id": self.run_id, "step_id": step_id},
+                )
+        return step_id, entry
+
+    async def _step(
+        self,
+        kind: str,
+        target: str,
+        arguments: dict[str, Any],
+        execute: Callable[[str, str | None], Awaitable[Any]],
+    ) -> Any:
+        step_id, entry = self._next(kind, target, arguments)
+        runs = self._rt.runs
+        approval_id: str | None = None
+        if entry is not None:
+            if entry.status == "succeeded":
+                return self._rt.outcome(entry.outcome_ref)
+            if entry.status == "failed":
+                raise StepFailed(
+                    f"step {step_id} ({kind} {target}) failed: "
+                    f"{(entry.error or {}).get('message', 'unknown error')}",
+                    context={"run_id": self.run_id, "step_id": step_id, "error": entry.error},
+                )
+            if entry.status == "waiting_approval":
+                approval_id = self._approval_state(step_id, entry)
+        else:
+            runs.begin_step(
+                self.run_id, step_id, int(step_id), kind, target, _digest(kind, target, arguments)
+            )
+        attempts = self._def.max_step_attempts
+        for attempt in range(1, attempts + 1):
+            try:
+                value = await execute(step_id, approval_id)
+            except ApprovalRequired as exc:
+                approval = exc.context.get("approval_id")
+                if not approval:
+                    self._fail(step_id, exc)
+                    raise _Stop("escalated", exc.message, exc.to_dict()) from None
+                runs.finish_step(self.run_id, step_id, "waiting_approval", approval_id=approval)
+                raise _Suspend("approval") from None
+            except KillSwitchEngaged as exc:
+                self._fail(step_id, exc)
+                raise _Stop("killed", exc.message, exc.to_dict()) from None
+            except IdempotencyInFlight as exc:
+                return await self._reconcile(step_id, kind, target, arguments, exc, execute)
+            except KeelError as exc:
+                if exc.retryable and attempt < attempts and self._safe_to_retry(kind, target):
+                    await asyncio.sleep(min(0.05 * 2**attempt, 1.0) * random.random())
+                    continue
+                self._fail(step_id, exc)
+                raise
+            ref = self._rt.store_outcome(value)
+            runs.finish_step(self.run_id, step_id, "succeeded", outcome_ref=ref)
+            return value
+        raise InternalError("unreachable: step attempts exhausted without a result")
+
+    def _safe_to_retry(self, kind: str, target: str) -> bool:
+        if kind == "model":
+            return True
+        tool = self._rt.app.tools.get(target)
+        return tool.spec.effect == "read" or tool.spec.idempotent
+
+    def _approval_state(self, step_id: str, entry: JournalEntry) -> str:
+        """The approval a waiting step may now use, or suspend / fail as its request says."""
+        approvals = self._rt.approvals
+        if approvals is None or entry.approval_id is None:
+            raise _Stop("escalated", "the step waits for an approval this Keel cannot check")
+        request = approvals.get(entry.approval_id)
+        status = str(request.status)
+        if status in ("pending", "escalated"):
+            raise _Suspend("approval")
+        if status in ("approved", "executing", "used"):
+            # executing/used: a previous execution got this far; the gateway replays a recorded
+            # outcome by its idempotency key, or refuses a second use of the approval.
+            return entry.approval_id
+        denial = getattr(request, "denial", None)
+        why = getattr(denial, "note", None) or status
+        error = {"code": f"approval_{status}", "message": f"approval {status}: {why}"}
+        self._rt.runs.finish_step(self.run_id, step_id, "failed", error=error)
+        raise StepFailed(
+            f"step {step_id} ({entry.target}) was not approved: {why}",
+            code=f"approval_{status}",
+            context={"run_id": self.run_id, "step_id": step_id, "approval_id": entry.approval_id},
+        )
+
+    async def _reconcile(
+        self,
+        step_id: str,
+        kind: str,
+        target: str,
+        arguments: dict[str, Any],
+        exc: IdempotencyInFlight,
+        execute: Callable[[str, str | None], Awaitable[Any]],
+    ) -> Any:
+        """The step was started by an execution that died: find out what happened."""
+        tool = self._rt.app.tools.get(target) if kind == "tool" else None
+        hook = tool.spec.reconcile if tool is not None else None
+        if hook is None:
+            error = {
+                "code": "outcome_unknown",
+                "message": f"step {step_id} ({target}) may have run before a crash and the tool "
+                "neither honours idempotency keys nor has a reconcile hook; a person must check",
+            }
+            self._rt.runs.finish_step(self.run_id, step_id, "failed", error=error)
+            raise _Stop("parked", error["message"], error)
+        context = ToolContext(
+            call_id=new_id(),
+            tool=target,
+            tenant=self.tenant,
+            agent_id=self._def.agent,
+            idempotency_key=f"{self.run_id}/{step_id}",
+            run_id=self.run_id,
+            step_id=step_id,
+        )
+        found = await asyncio.to_thread(hook, arguments, context)
+        self._rt.record_reconcile(self._ex.record, step_id, target, found is not None)
+        if found is not None:
+            ref = self._rt.store_outcome(found)
+            self._rt.runs.finish_step(self.run_id, step_id, "succeeded", outcome_ref=ref)
+            return found
+        # The system of record says it never happened: release the stale claim, run it now.
+        self._rt.app.idempotency.release_stale(self.tenant, f"{self.run_id}/{step_id}")
+        value = await execute(step_id, None)
+        self._rt.runs.finish_step(
+            self.run_id, step_id, "succeeded", outcome_ref=self._rt.store_outcome(value)
+        )
+        return value
+
+    def _fail(self, step_id: str, exc: KeelError) -> None:
+        self._rt.runs.finish_step(self.run_id, step_id, "failed", error=exc.to_dict())
+
+
+def _digest(kind: str, target: str, arguments: Mapping[str, Any]) -> str:
+    return digest({"kind": kind, "target": target, "arguments": dict(arguments)})
+
+
+class Runtime:
+    """Submits, executes and inspects runs of the App's workflows. Thread-safe."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.clock = app.clock
+        self.runs = RunStore(app.store, app.audit, app.clock)
+        self.approvals: Any = getattr(app, "approvals", None)
+
+    # -- outcomes (content-addressed payloads when available) ------------------------------------
+
+    def store_outcome(self, value: Any) -> str:
+        return str(self.app.payloads.put(value))
+
+    def outcome(self, ref: str | None) -> Any:
+        return None if ref is None else self.app.payloads.get(ref)
+
+    # -- submitting and inspecting ---------------------------------------------------------------
+
+    def submit(
+        self,
+        workflow: str,
+        input: Any = None,
+        *,
+        run_id: str | None = None,
+        on_behalf_of: str | None = None,
+        tenant: str | None = None,
+        deadline: _dt.datetime | None = None,
+    ) -> RunRecord:
+        definition = self.app.workflow_def(workflow)
+        check_limits(input, what="run input")
+        return self.runs.create(
+            workflow,
+            tenant=tenant or self.app.workflow_tenant(workflow),
+            agent=definition.agent,
+            input=input,
+            on_behalf_of=on_behalf_of,
+            run_id=run_id,
+            deadline=deadline,
+        )
+
+    def get(self, run_id: str) -> RunRecord:
+        return self.runs.get(run_id)
+
+    def steps(self, run_id: str) -> list[JournalEntry]:
+        return sorted(self.runs.steps(run_id).values(), key=lambda e: e.position)
+
+    def cancel(self, run_id: str, *, reason: str) -> None:
+        record = self.runs.get(run_id)
+        if record.status in ("completed", "failed", "cancelled", "killed", "escalated"):
+            raise UsageError(f"run {run_id} already ended ({record.status})")
+        self.runs.transition(run_id, "cancelled", reason=reason)
+
+    def retry(self, run_id: str, *, reason: str = "re-driven by an operator") -> RunRecord:
+        """Re-drive a failed, parked or escalated run: failed steps run again through the full
+        guard chain (policy, budget and kill switch are checked anew); completed steps replay."""
+        record = self.runs.get(run_id)
+        if record.status not in ("failed", "parked", "escalated", "killed"):
+            raise UsageError(f"run {run_id} is {record.status}; only ended runs can be retried")
+        failed = [s.step_id for s in self.steps(run_id) if s.status == "failed"]
+        with self.app.store.write() as tx:
+            for step_id in failed:
+                self.app.idempotency.forget_failed(tx, record.tenant, f"{run_id}/{step_id}")
+            tx.execute("DELETE FROM journal WHERE run_id = ? AND status = 'failed'", (run_id,))
+        self.runs.transition(run_id, "pending", reason=reason)
+        return self.runs.get(run_id)
+
+    def worker(self, *, worker_id: str | None = None, lease: float = 30.0) -> Worker:
+        return Worker(self, worker_id=worker_id, lease=_dt.timedelta(seconds=lease))
+
+    def record_reconcile(self, record: RunRecord, step_id: str, tool: str, found: bool) -> None:
+        from keel.audit import AuditEntry
+
+        self.app.audit.record(
+            AuditEntry(
+                kind="control",
+                tenant=record.tenant,
+                agent=record.agent,
+                run_id=record.run_id,
+                step_id=step_id,
+                tool=tool,
+                decision="reconciled",
+                rule_id="run.reconcile",
+                body={
+                    "action": "run.reconcile",
+                    "found_effect": found,
+                    "workflow": record.workflow,
+                },
+            )
+        )
+
+    # -- executing ------------------------------------------------------------------------------
+
+    def execute(self, record: RunRecord, owner: str) -> str:
+        """Run (or resume) one claimed run until it ends or waits; returns its new status."""
+        definition = self.app.workflow_def(record.workflow)
+        if record.deadline is not None and self.clock.now() > record.deadline:
+            self.runs.transition(
+                record.run_id,
+                "failed",
+                owner=owner,
+                reason="run deadline passed",
+                error={"code": "deadline_exceeded", "message": "the run's deadline passed"},
+            )
+            return "failed"
+        agent = self.app.agent(
+            definition.agent,
+            tenant=record.tenant,
+            scopes=definition.scopes,
+            roles=definition.roles,
+            on_behalf_of=record.on_behalf_of,
+            run_id=record.run_id,
+        )
+        execution = _Execution(
+            record=record,
+            steps=self.runs.steps(record.run_id),
+            agent=agent,
+            state=dict(record.state or {}),
+        )
+        run = Run(self, execution, definition)
+        try:
+            result = asyncio.run(_call(definition.fn, run, record.input))
+        except _Suspend as suspend:
+            self.runs.transition(
+                record.run_id,
+                "waiting",
+                owner=owner,
+                wake_at=suspend.wake_at,
+                state=_small_state(run.state),
+                reason=f"waiting for {suspend.reason}",
+            )
+            return "waiting"
+        except _Stop as stop:
+            self.runs.transition(
+                record.run_id,
+                stop.status,  # type: ignore[arg-type]
+                owner=owner,
+                error=stop.error or {"message": stop.reason},
+                state=_small_state(run.state),
+                reason=stop.reason,
+            )
+            return stop.status
+        except NonDeterminism as exc:
+            self.runs.transition(
+                record.run_id, "parked", owner=owner, error=exc.to_dict(), reason=exc.message
+            )
+            return "parked"
+        except KeelError as exc:
+            self.runs.transition(
+                record.run_id,
+                "failed",
+                owner=owner,
+                error=exc.to_dict(),
+                state=_small_state(run.state),
+                reason=exc.message,
+            )
+            return "failed"
+        except Exception as exc:  # a bug in the workflow code: the run fails with context
+            log.exception("workflow %s run %s raised", record.workflow, record.run_id)
+            self.runs.transition(
+                record.run_id,
+                "failed",
+                owner=owner,
+                error={"code": "workflow_error", "message": f"{type(exc).__name__}: {exc}"},
+                reason="the workflow raised",
+            )
+            return "failed"
+        try:
+            check_limits(result, what="run result")
+        except KeelError as exc:
+            self.runs.transition(record.run_id, "failed", owner=owner, error=exc.to_dict())
+            return "failed"
+        self.runs.transition(
+            record.run_id, "completed", owner=owner, result=result, state=_small_state(run.state)
+        )
+        return "completed"
+
+    def wake_decided(self) -> int:
+        """Make runs whose approvals were decided (or escalated) runnable again."""
+        if self.approvals is not None and hasattr(self.approvals, "expire_due"):
+            self.approvals.expire_due(self.clock.now())
+        waiting = self.runs.waiting_on_approvals()
+        self.runs.wake([run_id for run_id, _ in waiting])
+        return len(waiting)
+
+
+async def _call(fn: WorkflowFn, run: Run, input: Any) -> Any:
+    result = fn(run, input)
+    if inspect.isawaitable(result):
+        return await result
+    return result
+
+
+def _small_state(state: dict[str, Any]) -> dict[str, Any]:
+    if not state:
+        return state
+    check_limits(state, max_bytes=MAX_STATE_BYTES, what="run state")
+    return state
+
+
+class Worker:
+    """Claims runnable runs with a lease and executes them, one at a time.
+
+    Several workers (threads or processes) may share one store: a run is leased to one worker at
+    a time; a worker that dies stops renewing its lease and another picks the run up once it
+    expires. Heartbeats renew the lease every third of its length while a run executes.
+    """
+
+    def __init__(self, runtime: Runtime, *, worker_id: str | None, lease: _dt.timedelta) -> None:
+        self.runtime = runtime
+        self.worker_id = worker_id or new_id("worker_")
+        self.lease = lease
+        self.stop = threading.Event()
+
+    def run_once(self) -> str | None:
+        """Claim and execute one runnable run; returns its new status, or None if idle."""
+        self.runtime.wake_decided()
+        record = self.runtime.runs.claim(self.worker_id, self.lease)
+        if record is None:
+            return None
+        done = threading.Event()
+        beat = threading.Thread(
+            target=self._heartbeat, args=(record.run_id, done), daemon=True, name="keel-heartbeat"
+        )
+        beat.start()
+        try:
+            return self.runtime.execute(record, self.worker_id)
+        finally:
+            done.set()
+            beat.join()
+
+    def _heartbeat(self, run_id: str, done: threading.Event) -> None:
+        interval = self.lease.total_seconds() / 3
+        while not done.wait(interval):
+            if not self.runtime.runs.heartbeat(run_id, self.worker_id, self.lease):
+                return
+
+    def drain(self, *, max_runs: int | None = None) -> dict[str, int]:
+        """Execute runnable runs until none is left (or ``max_runs``); counts by outcome."""
+        outcomes: dict[str, int] = {}
+        executed = 0
+        while not self.stop.is_set() and (max_runs is None or executed < max_runs):
+            status = self.run_once()
+            if status is None:
+                break
+            outcomes[status] = outcomes.get(status, 0) + 1
+            executed += 1
+        return outcomes
+
+    def serve(self, *, poll: float = 0.2, idle_exit: float | None = None) -> None:
+        """Run until ``stop`` is set (or idle for ``idle_exit`` seconds)."""
+        idle = 0.0
+        while not self.stop.is_set():
+            if self.run_once() is None:
+                if idle_exit is not None and idle >= idle_exit:
+                    return
+                self.stop.wait(poll)
+                idle += poll
+            else:
+                idle = 0.0
