@@ -39,11 +39,12 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert "audit chain verified" in done.stdout
     assert "per completed ticket" in done.stdout
     assert "Forecast vs actual" in done.stdout
+    assert "Duplicate effects: 0" in done.stdout
     return directory
 
 
 def test_demo_shows_allowed_denied_and_approval_required(demo: Path) -> None:
-    done = keel("audit", "show", "--config", str(demo / "keel.yaml"), "--json", "--limit", "1000")
+    done = keel("audit", "show", "--config", str(demo / "keel.yaml"), "--json", "--limit", "10000")
     records = [json.loads(line) for line in done.stdout.splitlines()]
     decisions = {r["decision"] for r in records}
     assert {"allow", "deny", "require_approval"} <= decisions
@@ -51,21 +52,47 @@ def test_demo_shows_allowed_denied_and_approval_required(demo: Path) -> None:
     assert "default-deny" in rules
     assert any(rule.startswith("constraints") for rule in rules)
     assert "deny_external_email" in rules
+    assert "allowed_vendors" in rules
     shop = sqlite3.connect(demo / "shop.db")
-    (sent,) = shop.execute("SELECT COUNT(*) FROM outbox").fetchone()
+    (external,) = shop.execute(
+        "SELECT COUNT(*) FROM outbox WHERE recipient NOT LIKE '%@example.com'"
+    ).fetchone()
     (wild,) = shop.execute(
         "SELECT COUNT(*) FROM refunds WHERE destination != 'original_payment_method'"
     ).fetchone()
-    (big,) = shop.execute(
-        "SELECT COUNT(*) FROM refunds WHERE CAST(amount AS REAL) > 200"
+    (huge,) = shop.execute(
+        "SELECT COUNT(*) FROM refunds WHERE CAST(amount AS REAL) > 1000"
     ).fetchone()
     (dupes,) = shop.execute(
-        "SELECT COUNT(*) FROM (SELECT order_id FROM refunds GROUP BY order_id HAVING COUNT(*) > 1)"
+        "SELECT COUNT(*) FROM (SELECT idempotency_key FROM refunds GROUP BY idempotency_key "
+        "HAVING COUNT(*) > 1)"
     ).fetchone()
-    assert (sent, wild, big, dupes) == (0, 0, 0, 0)
+    (deleted,) = shop.execute("SELECT COUNT(*) FROM deleted_customers").fetchone()
+    assert (external, wild, huge, dupes, deleted) == (0, 0, 0, 0, 0)
     serialized = json.dumps(records)
     assert "4111 1111 1111 1111" not in serialized
     assert "sk-live-abcdefghijklmnopqrstuvwx1234" not in serialized
+
+
+def test_demo_runs_are_durable_and_the_crash_costs_nothing(demo: Path) -> None:
+    shop = sqlite3.connect(demo / "shop.db")
+    for table in ("refunds", "purchases"):
+        (dupes,) = shop.execute(
+            f"SELECT COUNT(*) FROM (SELECT idempotency_key FROM {table} "
+            "GROUP BY idempotency_key HAVING COUNT(*) > 1)"
+        ).fetchone()
+        assert dupes == 0
+    (big_purchases,) = shop.execute(
+        "SELECT COUNT(*) FROM purchases WHERE CAST(amount AS REAL) > 8000"
+    ).fetchone()
+    assert big_purchases == 0  # the scripted approver denies those
+    runs = keel("runs", "list", "--config", str(demo / "keel.yaml"), "--limit", "500")
+    assert runs.returncode == 0, runs.stderr
+    states = sqlite3.connect(demo / "keel.db").execute("SELECT DISTINCT status FROM runs")
+    assert {row[0] for row in states} <= {"completed", "escalated"}
+    approvals = keel("approvals", "list", "--config", str(demo / "keel.yaml"), "--status", "used")
+    assert approvals.returncode == 0, approvals.stderr
+    assert (demo / "report.html").read_text(encoding="utf-8").count("<svg") >= 4
 
 
 def test_audit_verify_passes_then_names_the_tampered_record(demo: Path, tmp_path: Path) -> None:
@@ -215,24 +242,24 @@ def test_malformed_config_names_the_setting(tmp_path: Path) -> None:
 
 
 def test_demo_meters_every_model_call_and_stops_the_runaway(demo: Path) -> None:
-    done = keel("audit", "show", "--config", str(demo / "keel.yaml"), "--json", "--limit", "5000")
+    done = keel("audit", "show", "--config", str(demo / "keel.yaml"), "--json", "--limit", "10000")
     records = [json.loads(line) for line in done.stdout.splitlines()]
     models = [r for r in records if r["body"].get("call_kind") == "model" and r["kind"] == "call"]
-    assert len(models) > 50
+    assert len(models) > 200
     assert all(float(r["body"]["cost"]["usd"]) > 0 for r in models)
-    assert all(r["body"]["cost"]["input_tokens"] > 0 for r in models)
     loop = [r for r in records if r["run_id"] == "run-T-1099"]
-    assert any(r["rule_id"] == "burn:task-tool-calls" for r in loop)
-    stops = [r for r in loop if r["rule_id"] == "budget:task-tool-calls"]
-    assert len(stops) == 1
-    assert "would be exceeded" in stops[0]["body"]["error"]["message"]
+    rules = [r["rule_id"] for r in sorted(loop, key=lambda r: r["seq"])]
+    burn = rules.index("burn:task-tool-calls")  # 80% of the cap: a person is asked (and says no)
+    stop = rules.index("budget:task-tool-calls")  # the hard cap ends the loop
+    assert burn < stop
+    assert rules[-1] == "run.completed"
     tool_calls = [r for r in loop if r["kind"] == "call" and "call_kind" not in r["body"]]
-    assert len(tool_calls) == 10  # max_tool_calls_per_task counts every tool call of the run
+    assert len(tool_calls) == 10  # max_tool_calls_per_task: the refused call never ran
 
 
 def test_budget_show_and_forecast(demo: Path) -> None:
     config = str(demo / "keel.yaml")
-    shown = keel("budget", "show", "--config", config, "--run", "run-T-1099")
+    shown = keel("budget", "show", "--config", config, "--run", "run-T-1099", "--all-days")
     assert shown.returncode == 0, shown.stderr
     assert "task-tool-calls" in shown.stdout
     forecast = keel("forecast", "support", "--runs", "1000", "--config", config)

@@ -44,6 +44,8 @@ class Shop:
             CREATE TABLE IF NOT EXISTS outbox (message_id TEXT PRIMARY KEY, recipient TEXT,
                 subject TEXT, body TEXT, created_at TEXT);
             CREATE TABLE IF NOT EXISTS deleted_customers (email TEXT, created_at TEXT);
+            CREATE TABLE IF NOT EXISTS purchases (purchase_id TEXT PRIMARY KEY, vendor TEXT,
+                item TEXT, amount TEXT, idempotency_key TEXT UNIQUE, created_at TEXT);
             """
         )
         if self._conn.execute("SELECT COUNT(*) FROM orders").fetchone()[0] == 0:
@@ -112,6 +114,25 @@ class Shop:
             )
         return {"refund_id": refund_id, "amount": str(amount), "status": "succeeded"}
 
+    def purchase(
+        self, vendor: str, item: str, amount: Decimal, idempotency_key: str | None
+    ) -> dict[str, Any]:
+        """Place an order; like a real procurement API, one key places one order."""
+        with self._lock:
+            if idempotency_key is not None:
+                row = self._conn.execute(
+                    "SELECT purchase_id FROM purchases WHERE idempotency_key = ?",
+                    (idempotency_key,),
+                ).fetchone()
+                if row is not None:
+                    return {"purchase_id": row[0], "status": "placed"}
+            purchase_id = "po_" + uuid.uuid4().hex[:12]
+            self._conn.execute(
+                "INSERT INTO purchases VALUES (?, ?, ?, ?, ?, ?)",
+                (purchase_id, vendor, item, str(amount), idempotency_key, self._now()),
+            )
+        return {"purchase_id": purchase_id, "status": "placed"}
+
     def reply(self, ticket_id: str, message: str) -> None:
         self._conn.execute(
             "INSERT INTO replies VALUES (?, ?, ?)", (ticket_id, message, self._now())
@@ -129,7 +150,7 @@ class Shop:
         self._conn.execute("INSERT INTO deleted_customers VALUES (?, ?)", (email, self._now()))
 
     def count(self, table: str) -> int:
-        if table not in ("refunds", "replies", "outbox", "deleted_customers"):
+        if table not in ("refunds", "replies", "outbox", "deleted_customers", "purchases"):
             raise ValueError(table)
         return int(self._conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
 

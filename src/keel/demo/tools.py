@@ -10,7 +10,9 @@ from keel.demo.shop import Shop
 from keel.errors import ToolError
 from keel.tools import ToolContext
 
-__all__ = ["register_tools"]
+__all__ = ["register_procurement_tools", "register_tools"]
+
+_CATALOG = {"Vendor_A": Decimal("1.00"), "Vendor_B": Decimal("0.97"), "Vendor_C": Decimal("0.80")}
 
 
 def register_tools(app: App, shop: Shop, tickets: dict[str, dict[str, Any]]) -> None:
@@ -64,3 +66,33 @@ def register_tools(app: App, shop: Shop, tickets: dict[str, dict[str, Any]]) -> 
         """Delete a customer record."""
         shop.delete_customer(email)
         return {"status": "deleted"}
+
+
+def register_procurement_tools(app: App, shop: Shop) -> None:
+    @app.tool("procurement.quote", scope="procurement:read", effect="read")
+    def quote(vendor: str, item: str, amount: Decimal) -> dict[str, Any]:
+        """A vendor's price for an item (Vendor_C is cheapest, and not an approved vendor)."""
+        factor = _CATALOG.get(vendor)
+        if factor is None:
+            raise ToolError(f"unknown vendor {vendor}", retryable=False)
+        return {
+            "vendor": vendor,
+            "item": item,
+            "price": str((amount * factor).quantize(Decimal("0.01"))),
+        }
+
+    @app.tool(
+        "procurement.purchase",
+        scope="procurement:write",
+        effect="irreversible",
+        idempotent=True,
+        cost_usd="0.001",
+    )
+    def purchase(vendor: str, item: str, amount: Decimal, ctx: ToolContext) -> dict[str, Any]:
+        """Place a purchase order. Honours idempotency keys: one key, one order."""
+        return shop.purchase(vendor, item, amount, ctx.idempotency_key)
+
+    @app.tool("procurement.notify", scope="procurement:write", effect="reversible")
+    def notify(requester: str, message: str) -> dict[str, str]:
+        """Tell the requester what happened."""
+        return {"message_id": shop.send_mail(requester, "Your purchase request", message)}

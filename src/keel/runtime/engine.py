@@ -32,7 +32,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from keel.canonical import check_limits, digest
+from keel.canonical import canonical_json, check_limits, digest, parse_json
 from keel.core import Effect, new_id
 from keel.errors import (
     ApprovalRequired,
@@ -275,11 +275,7 @@ class Run:
             if entry.status == "succeeded":
                 return self._rt.outcome(entry.outcome_ref)
             if entry.status == "failed":
-                raise StepFailed(
-                    f"step {step_id} ({kind} {target}) failed: "
-                    f"{(entry.error or {}).get('message', 'unknown error')}",
-                    context={"run_id": self.run_id, "step_id": step_id, "error": entry.error},
-                )
+                raise _replayed_error(entry.error or {})
             if entry.status == "waiting_approval":
                 approval_id = self._approval_state(step_id, entry)
         else:
@@ -310,7 +306,7 @@ class Run:
                 raise
             ref = self._rt.store_outcome(value)
             runs.finish_step(self.run_id, step_id, "succeeded", outcome_ref=ref)
-            return value
+            return _as_replayed(value)
         raise InternalError("unreachable: step attempts exhausted without a result")
 
     def _safe_to_retry(self, kind: str, target: str) -> bool:
@@ -334,13 +330,13 @@ class Run:
             return entry.approval_id
         denial = getattr(request, "denial", None)
         why = getattr(denial, "note", None) or status
-        error = {"code": f"approval_{status}", "message": f"approval {status}: {why}"}
-        self._rt.runs.finish_step(self.run_id, step_id, "failed", error=error)
-        raise StepFailed(
+        failure = StepFailed(
             f"step {step_id} ({entry.target}) was not approved: {why}",
             code=f"approval_{status}",
             context={"run_id": self.run_id, "step_id": step_id, "approval_id": entry.approval_id},
         )
+        self._fail(step_id, failure)
+        raise failure
 
     async def _reconcile(
         self,
@@ -376,17 +372,49 @@ class Run:
         if found is not None:
             ref = self._rt.store_outcome(found)
             self._rt.runs.finish_step(self.run_id, step_id, "succeeded", outcome_ref=ref)
-            return found
+            return _as_replayed(found)
         # The system of record says it never happened: release the stale claim, run it now.
         self._rt.app.idempotency.release_stale(self.tenant, f"{self.run_id}/{step_id}")
         value = await execute(step_id, None)
         self._rt.runs.finish_step(
             self.run_id, step_id, "succeeded", outcome_ref=self._rt.store_outcome(value)
         )
-        return value
+        return _as_replayed(value)
 
     def _fail(self, step_id: str, exc: KeelError) -> None:
-        self._rt.runs.finish_step(self.run_id, step_id, "failed", error=exc.to_dict())
+        error = exc.to_dict()
+        error["class"] = type(exc).__name__
+        self._rt.runs.finish_step(self.run_id, step_id, "failed", error=error)
+
+
+def _as_replayed(value: Any) -> Any:
+    """Exactly what a replay returns (the canonical JSON form), so code that formats a step's
+    value cannot behave differently the second time."""
+    return parse_json(canonical_json(value), max_bytes=2**31, max_depth=512)
+
+
+def _replayed_error(error: Mapping[str, Any]) -> KeelError:
+    """The failure a step recorded, raised again exactly as the workflow first saw it: same
+    class (when it is one of Keel's), code, message and context — so replay cannot diverge."""
+    import keel.errors as errors_module
+
+    cls = getattr(errors_module, str(error.get("class", "")), None)
+    if cls is None:
+        cls = StepFailed if error.get("class") == "StepFailed" else None
+    if not (isinstance(cls, type) and issubclass(cls, KeelError)):
+        cls = StepFailed
+    message = str(error.get("message", "the step failed"))
+    kwargs: dict[str, Any] = {
+        "code": error.get("error") or error.get("code"),
+        "retryable": False,
+        "context": dict(error.get("context") or {}),
+    }
+    if cls is errors_module.RateLimited:
+        return errors_module.RateLimited(message, retry_after=0.0, **kwargs)
+    try:
+        return cls(message, **kwargs)
+    except TypeError:
+        return StepFailed(message, **kwargs)
 
 
 def _digest(kind: str, target: str, arguments: Mapping[str, Any]) -> str:
