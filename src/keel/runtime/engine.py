@@ -629,18 +629,29 @@ class Worker:
     expires. Heartbeats renew the lease every third of its length while a run executes.
     """
 
+    #: How often (seconds, of the clock's monotonic time) a worker looks for runs whose
+    #: approvals were decided. The look scans waiting runs, so it is not done on every claim.
+    WAKE_INTERVAL = 0.25
+
     def __init__(self, runtime: Runtime, *, worker_id: str | None, lease: _dt.timedelta) -> None:
         self.runtime = runtime
         self.worker_id = worker_id or new_id("worker_")
         self.lease = lease
         self.stop = threading.Event()
+        self._woke_at = float("-inf")
 
     def run_once(self) -> str | None:
         """Claim and execute one runnable run; returns its new status, or None if idle."""
-        self.runtime.wake_decided()
+        now = self.runtime.clock.monotonic()
+        if now - self._woke_at >= self.WAKE_INTERVAL:
+            self._woke_at = now
+            self.runtime.wake_decided()
         record = self.runtime.runs.claim(self.worker_id, self.lease)
-        if record is None:
-            return None
+        if record is None:  # idle: look for decided approvals now, not only every interval
+            if self.runtime.wake_decided():
+                record = self.runtime.runs.claim(self.worker_id, self.lease)
+            if record is None:
+                return None
         done = threading.Event()
         beat = threading.Thread(
             target=self._heartbeat, args=(record.run_id, done), daemon=True, name="keel-heartbeat"

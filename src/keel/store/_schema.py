@@ -249,6 +249,15 @@ MIGRATIONS: Final[tuple[tuple[int, str, tuple[str, ...]], ...]] = (
             "CREATE INDEX approvals_status ON approvals (status, created_at)",
         ),
     ),
+    (
+        5,
+        "indexes for claiming runs with expired leases and for approval deadlines",
+        (
+            "CREATE INDEX runs_leases ON runs (status, lease_expires)",
+            "CREATE INDEX approvals_deadline ON approvals (status, deadline)",
+            "CREATE INDEX journal_approval ON journal (approval_id)",
+        ),
+    ),
 )
 
 SCHEMA_VERSION: Final[int] = MIGRATIONS[-1][0]
