@@ -12,9 +12,11 @@ from keel.runtime.payloads import (
     key_from_env,
     load_or_create_key,
 )
+from keel.runtime.reconcile import Finding, ReconcileReport, reconcile
 from keel.runtime.retry import RetryDecision, RetryPolicy, proves_not_executed
 
 __all__ = [
+    "Finding",
     "JournalEntry",
     "ModelCaller",
     "ModelCatalog",
@@ -24,6 +26,7 @@ __all__ = [
     "PayloadIntegrityError",
     "PayloadNotFound",
     "Payloads",
+    "ReconcileReport",
     "RetryDecision",
     "RetryPolicy",
     "Run",
@@ -37,4 +40,5 @@ __all__ = [
     "key_from_env",
     "load_or_create_key",
     "proves_not_executed",
+    "reconcile",
 ]

@@ -598,11 +598,11 @@ class Runtime:
         )
         return "completed"
 
-    def wake_decided(self) -> int:
-        """Make runs whose approvals were decided (or escalated) runnable again."""
+    def wake_decided(self, since: _dt.datetime | None = None) -> int:
+        """Make runs whose approvals were decided (since ``since``) runnable again."""
         if self.approvals is not None and hasattr(self.approvals, "expire_due"):
             self.approvals.expire_due(self.clock.now())
-        waiting = self.runs.waiting_on_approvals()
+        waiting = self.runs.waiting_on_approvals(since)
         self.runs.wake([run_id for run_id, _ in waiting])
         return len(waiting)
 
@@ -632,6 +632,7 @@ class Worker:
     #: How often (seconds, of the clock's monotonic time) a worker looks for runs whose
     #: approvals were decided. The look scans waiting runs, so it is not done on every claim.
     WAKE_INTERVAL = 0.25
+    WAKE_MARGIN = _dt.timedelta(seconds=60)
 
     def __init__(self, runtime: Runtime, *, worker_id: str | None, lease: _dt.timedelta) -> None:
         self.runtime = runtime
@@ -639,16 +640,24 @@ class Worker:
         self.lease = lease
         self.stop = threading.Event()
         self._woke_at = float("-inf")
+        self._decided_since: _dt.datetime | None = None
+
+    def _wake(self) -> int:
+        """Wake runs whose approvals were decided since this worker last looked (with a margin
+        for clocks of other processes); the first look covers everything."""
+        since = self._decided_since
+        self._decided_since = self.runtime.clock.now() - self.WAKE_MARGIN
+        return self.runtime.wake_decided(since)
 
     def run_once(self) -> str | None:
         """Claim and execute one runnable run; returns its new status, or None if idle."""
         now = self.runtime.clock.monotonic()
         if now - self._woke_at >= self.WAKE_INTERVAL:
             self._woke_at = now
-            self.runtime.wake_decided()
+            self._wake()
         record = self.runtime.runs.claim(self.worker_id, self.lease)
         if record is None:  # idle: look for decided approvals now, not only every interval
-            if self.runtime.wake_decided():
+            if self._wake():
                 record = self.runtime.runs.claim(self.worker_id, self.lease)
             if record is None:
                 return None

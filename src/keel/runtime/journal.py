@@ -375,17 +375,25 @@ class RunStore:
                     (now, run_id),
                 )
 
-    def waiting_on_approvals(self) -> list[tuple[str, str]]:
-        """``(run_id, approval_id)`` of runs waiting on an approval that is no longer pending."""
+    def waiting_on_approvals(self, since: _dt.datetime | None = None) -> list[tuple[str, str]]:
+        """``(run_id, approval_id)`` of runs waiting on an approval that has been decided.
+
+        With ``since``, only approvals decided at or after it are considered: the query starts
+        from the (indexed) recent decisions, so its cost does not grow with the number of runs.
+        """
+        sql = (
+            "SELECT j.run_id, j.approval_id FROM approvals a "
+            "JOIN journal j ON j.approval_id = a.approval_id "
+            "JOIN runs r ON r.run_id = j.run_id "
+            "WHERE a.status IN ('approved', 'denied', 'expired', 'used') "
+            "AND j.status = 'waiting_approval' AND r.status = 'waiting' AND r.wake_at IS NULL"
+        )
+        params: list[str] = []
+        if since is not None:
+            sql += " AND a.decided_at >= ?"
+            params.append(_ts(since))
         with self.store.read() as tx:
-            rows = tx.fetchall(
-                "SELECT j.run_id, j.approval_id FROM journal j "
-                "JOIN runs r ON r.run_id = j.run_id "
-                "JOIN approvals a ON a.approval_id = j.approval_id "
-                "WHERE r.status = 'waiting' AND r.wake_at IS NULL "
-                "AND j.status = 'waiting_approval' "
-                "AND a.status IN ('approved', 'denied', 'expired', 'used')"
-            )
+            rows = tx.fetchall(sql, params)
         return [(str(a), str(b)) for a, b in rows]
 
     # -- journal ---------------------------------------------------------------------------------

@@ -256,6 +256,7 @@ MIGRATIONS: Final[tuple[tuple[int, str, tuple[str, ...]], ...]] = (
             "CREATE INDEX runs_leases ON runs (status, lease_expires)",
             "CREATE INDEX approvals_deadline ON approvals (status, deadline)",
             "CREATE INDEX journal_approval ON journal (approval_id)",
+            "CREATE INDEX approvals_decided ON approvals (decided_at)",
         ),
     ),
 )
