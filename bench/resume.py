@@ -211,10 +211,10 @@ def measure_resumes(
         finally:
             claims.append(time.perf_counter() - began)
 
-    def timed_wake() -> int:
+    def timed_wake(*args: Any, **kwargs: Any) -> int:
         began = time.perf_counter()
         try:
-            return original_wake()
+            return original_wake(*args, **kwargs)
         finally:
             wakes.append(time.perf_counter() - began)
 

@@ -106,13 +106,23 @@ def test_retryable_failure_may_run_again_non_retryable_replays(app: App, tools: 
     assert agent.call("slow.thing", {}, idempotency_key="f").value == 1
     assert flaky.calls == 2
 
-    broken = RecordingTool("orders.lookup2", scope="orders:read", fail_times=5, retryable=False)
+    broken = RecordingTool(
+        "orders.cancel", scope="orders:read", effect="reversible", fail_times=5, retryable=False
+    )
     app.register(broken)
-    app.add_policy("policy: x\nscope: {tenant: acme}\ntools: {allow: [orders.lookup2]}\n")
+    app.add_policy("policy: x\nscope: {tenant: acme}\ntools: {allow: [orders.cancel]}\n")
     for _ in range(2):
         with pytest.raises(ToolError):
-            agent.call("orders.lookup2", {}, idempotency_key="g")
-    assert broken.calls == 1
+            agent.call("orders.cancel", {}, idempotency_key="g")
+    assert broken.calls == 1  # an effectful call's recorded failure is replayed, not re-run
+
+    read = RecordingTool("slow.read", scope="orders:read", fail_times=1, retryable=False, result=2)
+    app.register(read)
+    app.add_policy("policy: y\nscope: {tenant: acme}\ntools: {allow: [slow.read]}\n")
+    with pytest.raises(ToolError):
+        agent.call("slow.read", {}, idempotency_key="h")
+    assert agent.call("slow.read", {}, idempotency_key="h").value == 2  # a read may run again
+    assert read.calls == 2
 
 
 def test_concurrent_duplicates_cause_one_effect(app: App, tools: Tools) -> None:

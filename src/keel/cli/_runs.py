@@ -59,11 +59,17 @@ def worker_command(
     once: Annotated[bool, typer.Option("--once", help="Drain runnable runs, then exit.")] = False,
     lease: Annotated[float, typer.Option(help="Lease length in seconds.")] = 30.0,
     poll: Annotated[float, typer.Option(help="Idle poll interval in seconds.")] = 0.5,
+    reconcile_every: Annotated[
+        float,
+        typer.Option(help="Also run the reconciliation job every N seconds (0: never)."),
+    ] = 0.0,
     config: Path | None = ConfigOption,
 ) -> None:
     """Execute runnable runs (pending, due timers, decided approvals, expired leases)."""
     app = load_app(app_spec, config)
     worker = app.runtime.worker(lease=lease)
+    if reconcile_every > 0:
+        worker.reconcile_every = reconcile_every
     console.print(f"worker {worker.worker_id} serving {', '.join(app.workflows) or 'no workflows'}")
     try:
         if once:

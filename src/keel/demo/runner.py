@@ -59,6 +59,8 @@ class DemoReport:
     stops: Counter[str] = field(default_factory=Counter)
     effects: dict[str, int] = field(default_factory=dict)
     duplicates: int = 0
+    failed_attempts: int = 0
+    breaker_trips: int = 0
     crash: dict[str, Any] = field(default_factory=dict)
     backtest: Backtest | None = None
     audit: VerifyReport | None = None
@@ -251,6 +253,11 @@ def _collect(app: App, report: DemoReport) -> None:
     report.approvals = Counter(str(a.status) for a in app.approvals.list(limit=1000))
     for record in query(app.store, decision="deny", limit=10000):
         report.stops[record.entry.rule_id or "?"] += 1
+        if (record.entry.rule_id or "").startswith("breaker:"):
+            report.breaker_trips += 1
+    report.failed_attempts = sum(
+        1 for r in query(app.store, kind="call", limit=10000) if r.entry.body.get("error")
+    )
     recovered = query(app.store, kind="control", limit=10000)
     report.crash["recovered"] = sum(1 for r in recovered if r.entry.rule_id == "run.recovered")
     shop_db = report.directory / "shop.db"
@@ -302,6 +309,10 @@ def _print(report: DemoReport, console: Console, *, quiet: bool, config_path: Pa
         console.print(stops)
     approvals = ", ".join(f"{n} {s}" for s, n in report.approvals.most_common())
     console.print(f"Approvals: {approvals or 'none'}.")
+    console.print(
+        f"Reliability: {report.failed_attempts} failed attempts recorded (malformed model "
+        f"answers, retried), {report.breaker_trips} calls refused by an open circuit breaker."
+    )
     crash = report.crash
     if crash:
         console.print(

@@ -19,6 +19,7 @@ from keel.demo.shop import Shop
 from keel.demo.tools import register_procurement_tools, register_tools
 from keel.errors import BudgetExceeded, KeelError
 from keel.runtime import Run
+from keel.testing import FaultPlan
 
 __all__ = ["PROCUREMENT_SCOPES", "SUPPORT_SCOPES", "build_demo_app", "demo_app"]
 
@@ -51,6 +52,10 @@ def build_demo_app(directory: Path) -> App:
     register_tools(app, shop, tickets)
     register_procurement_tools(app, shop)
     triage, writer = scripted_models()
+    # Models misbehave now and then (seeded, so every demo run is the same): a quarter of the
+    # tool calls the triage model asks for arrive malformed; the attempt fails (recorded) and
+    # the runtime retries the step.
+    triage.faults = FaultPlan(seed=11, malformed_json=0.25)
     app.add_model("triage-small", triage)
     app.add_model("writer-medium", writer)
 

@@ -233,7 +233,9 @@ class IdempotencyGuard(Guard):
             # Mark first, then look: a duplicate that finished meanwhile is seen, never re-run.
             self._keys.mark(tenant, key)
             try:
-                stored = self._keys.lookup(tenant, key, ctx.fingerprint, now)
+                stored = self._keys.lookup(
+                    tenant, key, ctx.fingerprint, now, replay_failures=tool.spec.effect != "read"
+                )
             except BaseException:
                 self._keys.unmark(tenant, key)
                 raise

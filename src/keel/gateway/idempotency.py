@@ -58,9 +58,18 @@ class IdempotencyKeys:
             self._local.discard((tenant, key))
 
     def lookup(
-        self, tenant: str, key: str, fingerprint: str, now: _dt.datetime
+        self,
+        tenant: str,
+        key: str,
+        fingerprint: str,
+        now: _dt.datetime,
+        *,
+        replay_failures: bool = True,
     ) -> dict[str, Any] | None:
-        """The recorded outcome to replay for ``key``, or None to execute. Does not claim."""
+        """The recorded outcome to replay for ``key``, or None to execute. Does not claim.
+
+        ``replay_failures=False`` (reads: running them again has no effect) replays only
+        successes, so a failed read can be tried again under the same key."""
         _check_key(key)
         row = self._store.read_one(
             "SELECT fingerprint, status, outcome, expires_at, created_at FROM idempotency_keys "
@@ -69,7 +78,10 @@ class IdempotencyKeys:
         )
         if row is None or row[3] <= now.isoformat():
             return None
-        return _replayable(row, fingerprint, key)
+        stored = _replayable(row, fingerprint, key)
+        if stored is not None and not replay_failures and not stored.get("ok"):
+            return None
+        return stored
 
     def store(
         self,

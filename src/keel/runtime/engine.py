@@ -40,11 +40,14 @@ from keel.errors import (
     InternalError,
     KeelError,
     KillSwitchEngaged,
+    ModelError,
+    RateLimited,
     UsageError,
 )
 from keel.gateway import CallRequest
 from keel.runtime.journal import JournalEntry, RunRecord, RunStore
 from keel.runtime.models import ModelOutcome
+from keel.runtime.retry import RetryPolicy
 from keel.tools import ToolContext
 
 if TYPE_CHECKING:
@@ -114,6 +117,7 @@ class _Execution:
     agent: Agent
     position: int = 0
     state: dict[str, Any] = field(default_factory=dict)
+    retries: int = 0
 
 
 class Run:
@@ -299,21 +303,28 @@ class Run:
             except IdempotencyInFlight as exc:
                 return await self._reconcile(step_id, kind, target, arguments, exc, execute)
             except KeelError as exc:
-                if exc.retryable and attempt < attempts and self._safe_to_retry(kind, target):
-                    await asyncio.sleep(min(0.05 * 2**attempt, 1.0) * random.random())
+                if attempt < attempts and self._should_retry(kind, target, exc, attempt):
+                    delay = self._rt.retry_policy.delay_for(exc, attempt, self._rt.rng)
+                    self._ex.retries += 1
+                    await asyncio.sleep(min(delay, self._rt.max_inline_delay))
                     continue
                 self._fail(step_id, exc)
                 raise
-            ref = self._rt.store_outcome(value)
+            ref = self._rt.store_outcome(value, sensitive=self._sensitive(kind, target))
             runs.finish_step(self.run_id, step_id, "succeeded", outcome_ref=ref)
             return _as_replayed(value)
         raise InternalError("unreachable: step attempts exhausted without a result")
 
-    def _safe_to_retry(self, kind: str, target: str) -> bool:
+    def _should_retry(self, kind: str, target: str, exc: KeelError, attempt: int) -> bool:
+        """Model calls change nothing, so any model failure may be retried (a malformed answer
+        is often a sampling accident); tools follow the retry policy's rules for their effect."""
         if kind == "model":
-            return True
-        tool = self._rt.app.tools.get(target)
-        return tool.spec.effect == "read" or tool.spec.idempotent
+            return isinstance(exc, (ModelError, RateLimited)) or exc.retryable
+        spec = self._rt.app.tools.get(target).spec
+        return self._rt.retry_policy.should_retry(exc, spec.effect, spec.idempotent, attempt)
+
+    def _sensitive(self, kind: str, target: str) -> bool:
+        return kind == "tool" and self._rt.app.tools.get(target).spec.sensitive
 
     def _approval_state(self, step_id: str, entry: JournalEntry) -> str:
         """The approval a waiting step may now use, or suspend / fail as its request says."""
@@ -429,11 +440,16 @@ class Runtime:
         self.clock = app.clock
         self.runs = RunStore(app.store, app.audit, app.clock)
         self.approvals: Any = getattr(app, "approvals", None)
+        self.retry_policy = RetryPolicy(max_attempts=3, base_delay=0.05, max_delay=2.0)
+        #: Longer retry waits would hold the worker; a later issue makes them durable timers.
+        self.max_inline_delay = 2.0
+        self.rng = random.Random()
 
     # -- outcomes (content-addressed payloads when available) ------------------------------------
 
-    def store_outcome(self, value: Any) -> str:
-        return str(self.app.payloads.put(value))
+    def store_outcome(self, value: Any, *, sensitive: bool = False) -> str:
+        """Store a step's outcome once, content-addressed; encrypted when ``sensitive``."""
+        return str(self.app.payloads.put(value, sensitive=sensitive))
 
     def outcome(self, ref: str | None) -> Any:
         return None if ref is None else self.app.payloads.get(ref)
@@ -641,6 +657,10 @@ class Worker:
         self.stop = threading.Event()
         self._woke_at = float("-inf")
         self._decided_since: _dt.datetime | None = None
+        #: Seconds between runs of the reconciliation job while serving (0: never).
+        self.reconcile_every = 0.0
+        self._reconciled_at = float("-inf")
+        self._reconciled_since: _dt.datetime | None = None
 
     def _wake(self) -> int:
         """Wake runs whose approvals were decided since this worker last looked (with a margin
@@ -678,6 +698,21 @@ class Worker:
             if not self.runtime.runs.heartbeat(run_id, self.worker_id, self.lease):
                 return
 
+    def _maybe_reconcile(self) -> None:
+        if self.reconcile_every <= 0:
+            return
+        now = self.runtime.clock.monotonic()
+        if now - self._reconciled_at < self.reconcile_every:
+            return
+        from keel.runtime.reconcile import reconcile
+
+        self._reconciled_at = now
+        started = self.runtime.clock.now()
+        report = reconcile(self.runtime.app, since=self._reconciled_since)
+        self._reconciled_since = started - self.WAKE_MARGIN
+        if not report.ok:
+            log.warning("reconciliation found drift: %s", report.to_dict())
+
     def drain(self, *, max_runs: int | None = None) -> dict[str, int]:
         """Execute runnable runs until none is left (or ``max_runs``); counts by outcome."""
         outcomes: dict[str, int] = {}
@@ -694,6 +729,7 @@ class Worker:
         """Run until ``stop`` is set (or idle for ``idle_exit`` seconds)."""
         idle = 0.0
         while not self.stop.is_set():
+            self._maybe_reconcile()
             if self.run_once() is None:
                 if idle_exit is not None and idle >= idle_exit:
                     return

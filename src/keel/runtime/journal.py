@@ -378,23 +378,38 @@ class RunStore:
     def waiting_on_approvals(self, since: _dt.datetime | None = None) -> list[tuple[str, str]]:
         """``(run_id, approval_id)`` of runs waiting on an approval that has been decided.
 
-        With ``since``, only approvals decided at or after it are considered: the query starts
-        from the (indexed) recent decisions, so its cost does not grow with the number of runs.
+        With ``since``, only approvals decided at or after it are looked at: one range scan of
+        the ``decided_at`` index, then an indexed lookup per decision, so the cost follows the
+        number of recent decisions, not the number of runs or approvals in the store.
         """
-        sql = (
-            "SELECT j.run_id, j.approval_id FROM approvals a "
-            "JOIN journal j ON j.approval_id = a.approval_id "
-            "JOIN runs r ON r.run_id = j.run_id "
-            "WHERE a.status IN ('approved', 'denied', 'expired', 'used') "
-            "AND j.status = 'waiting_approval' AND r.status = 'waiting' AND r.wake_at IS NULL"
+        decided = ("approved", "denied", "expired", "used")
+        waiting = (
+            "SELECT j.run_id FROM journal j JOIN runs r ON r.run_id = j.run_id "
+            "WHERE j.approval_id = ? AND j.status = 'waiting_approval' "
+            "AND r.status = 'waiting' AND r.wake_at IS NULL"
         )
-        params: list[str] = []
-        if since is not None:
-            sql += " AND a.decided_at >= ?"
-            params.append(_ts(since))
+        found: list[tuple[str, str]] = []
         with self.store.read() as tx:
-            rows = tx.fetchall(sql, params)
-        return [(str(a), str(b)) for a, b in rows]
+            if since is None:  # a worker's first look: one join over everything waiting
+                rows = tx.fetchall(
+                    "SELECT j.run_id, j.approval_id FROM approvals a "
+                    "JOIN journal j ON j.approval_id = a.approval_id "
+                    "JOIN runs r ON r.run_id = j.run_id "
+                    "WHERE a.status IN ('approved', 'denied', 'expired', 'used') "
+                    "AND j.status = 'waiting_approval' AND r.status = 'waiting' "
+                    "AND r.wake_at IS NULL"
+                )
+                return [(str(a), str(b)) for a, b in rows]
+            rows = tx.fetchall(
+                "SELECT approval_id, status FROM approvals WHERE decided_at >= ?",
+                (_ts(since),),
+            )
+            for approval_id, status in rows:
+                if status not in decided:
+                    continue
+                for (run_id,) in tx.fetchall(waiting, (approval_id,)):
+                    found.append((str(run_id), str(approval_id)))
+        return found
 
     # -- journal ---------------------------------------------------------------------------------
 
