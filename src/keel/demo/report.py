@@ -28,6 +28,8 @@ def bar_chart(
     """A horizontal bar chart as inline SVG."""
     height = 28 * len(rows) + 36
     peak = max((v for _, v in rows), default=0) or 1
+    label_width = min(int(max((len(label) for label, _ in rows), default=8) * 7.4) + 12, 360)
+    width = max(width, label_width + 300)
     parts = [
         f'<svg role="img" aria-label="{html.escape(title)}" width="{width}" '
         f'height="{height}" xmlns="http://www.w3.org/2000/svg">',
@@ -35,13 +37,13 @@ def bar_chart(
     ]
     for i, (label, value) in enumerate(rows):
         y = 30 + 28 * i
-        bar = max(int((width - 260) * value / peak), 1)
+        bar = max(int((width - label_width - 110) * value / peak), 1)
         color = _COLORS.get(label, "#1565c0")
         shown = f"{value:,.6f}" if unit == "$" else f"{value:,.0f}"
         parts.append(
             f'<text x="0" y="{y + 15}" font-size="13">{html.escape(label)}</text>'
-            f'<rect x="170" y="{y}" width="{bar}" height="20" fill="{color}"/>'
-            f'<text x="{178 + bar}" y="{y + 15}" font-size="13">{unit}{shown}</text>'
+            f'<rect x="{label_width}" y="{y}" width="{bar}" height="20" fill="{color}"/>'
+            f'<text x="{label_width + 8 + bar}" y="{y + 15}" font-size="13">{unit}{shown}</text>'
         )
     parts.append("</svg>")
     return "".join(parts)
