@@ -170,7 +170,7 @@ class Run:
                 step_id=step_id,
                 workflow=self.workflow,
                 tainted=tainted,
-                **({"approval_id": approval_id} if approval_id else {}),  # type: ignore[arg-type]
+                approval_id=approval_id,
             )
             result = await asyncio.to_thread(self._rt.app.gateway.call, request)
             return result.value
