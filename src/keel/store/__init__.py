@@ -1,7 +1,8 @@
 """Keel's persistent state: one interface, a factory keyed on the URL.
 
 ``open_store("sqlite:///keel.db")`` (the embedded default), ``open_store("sqlite:///:memory:")``
-for throwaway stores; ``postgresql://`` follows in the PostgreSQL backend.
+for throwaway stores, ``open_store("postgresql://user@host/db")`` for the PostgreSQL backend
+(``pip install 'keel[postgres]'``).
 """
 
 from __future__ import annotations
@@ -32,10 +33,9 @@ def open_store(url: str, *, migrate: bool = True) -> Store:
             raise ConfigError(f"store URL {url!r} names no file", context={"key": "store_url"})
         return SQLiteStore(path, url=url, migrate=migrate)
     if url.startswith(("postgresql://", "postgres://")):
-        raise ConfigError(
-            "the PostgreSQL store is not available in this version of Keel; use sqlite:///…",
-            context={"key": "store_url", "url": url},
-        )
+        from keel.store.postgres import PostgresStore  # psycopg is an optional dependency
+
+        return PostgresStore(url, migrate=migrate)
     if "://" in url:
         scheme = url.split("://", 1)[0]
         raise ConfigError(

@@ -1,0 +1,286 @@
+"""The PostgreSQL store: the same contract as the SQLite one, on a real server.
+
+Needs a server at ``KEEL_TEST_POSTGRES_URL`` (default ``postgresql://postgres@127.0.0.1:5432/test``);
+skipped with the reason when psycopg is missing or the server is unreachable. Each test runs in a
+fresh schema of its own (``search_path`` in the URL), dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+
+from keel.errors import ConfigError, SchemaVersionError, StoreError
+from keel.store import SCHEMA_VERSION
+
+psycopg = pytest.importorskip("psycopg", reason="psycopg 3 is not installed (keel[postgres])")
+
+from keel.store.postgres import PostgresStore, translate  # noqa: E402
+
+pytestmark = pytest.mark.postgres
+
+BASE_URL = os.environ.get("KEEL_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def _reachable() -> str | None:
+    try:
+        with psycopg.connect(BASE_URL, connect_timeout=3) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.Error as exc:
+        return f"PostgreSQL not reachable at {BASE_URL} (set KEEL_TEST_POSTGRES_URL): {exc}"
+    return None
+
+
+_UNREACHABLE = _reachable()
+
+
+def _with_schema(url: str, schema: str) -> str:
+    options = quote(f"-c search_path={schema}")
+    return f"{url}{'&' if '?' in url else '?'}options={options}"
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    if _UNREACHABLE:
+        pytest.skip(_UNREACHABLE)
+    schema = f"test_{uuid.uuid4().hex}"
+    with psycopg.connect(BASE_URL, autocommit=True) as admin:
+        admin.execute(f'CREATE SCHEMA "{schema}"')
+    try:
+        yield _with_schema(BASE_URL, schema)
+    finally:
+        with psycopg.connect(BASE_URL, autocommit=True) as admin:
+            admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+def test_translate_placeholders_and_percent() -> None:
+    assert translate("SELECT ? , ?") == "SELECT %s , %s"
+    assert (
+        translate("SELECT 'a?%' || ? WHERE x LIKE 'p%'") == "SELECT 'a?%%' || %s WHERE x LIKE 'p%%'"
+    )
+    assert translate('SELECT "odd?col" FROM t -- why?\nWHERE a = ?') == (
+        'SELECT "odd?col" FROM t -- why?\nWHERE a = %s'
+    )
+    assert translate("SELECT 'it''s ?' , ? % 2") == "SELECT 'it''s ?' , %s %% 2"
+
+
+def test_migrate_applies_every_migration_and_reports_version(pg_url: str) -> None:
+    with PostgresStore(pg_url) as store:
+        assert store.dialect == "postgresql"
+        assert store.schema_version() == SCHEMA_VERSION
+        assert store.migrate() == []  # idempotent
+        with store.read() as tx:
+            tables = {
+                r[0]
+                for r in tx.fetchall(
+                    "SELECT table_name FROM information_schema.tables "
+                    "WHERE table_schema = current_schema()"
+                )
+            }
+        assert {"keel_schema", "audit_records", "ledger_counters", "runs", "payloads"} <= tables
+    # Reopening an up-to-date store applies nothing and needs no migration.
+    with PostgresStore(pg_url, migrate=False) as store:
+        assert store.schema_version() == SCHEMA_VERSION
+
+
+def test_newer_schema_is_refused_with_a_clear_message(pg_url: str) -> None:
+    with PostgresStore(pg_url) as store, store.write() as tx:
+        tx.execute(
+            "INSERT INTO keel_schema VALUES (?, 'from the future', 'x')", (SCHEMA_VERSION + 5,)
+        )
+    with pytest.raises(SchemaVersionError) as info:
+        PostgresStore(pg_url)
+    assert "newer Keel" in info.value.message
+    assert info.value.context["found"] == SCHEMA_VERSION + 5
+
+
+def test_old_schema_without_migrate_is_refused(pg_url: str) -> None:
+    with pytest.raises(SchemaVersionError) as info:
+        PostgresStore(pg_url, migrate=False)
+    assert "keel db migrate" in info.value.message
+
+
+def test_write_read_round_trip_with_placeholders(pg_url: str) -> None:
+    with PostgresStore(pg_url) as store:
+        with store.write() as tx:
+            tx.execute("CREATE TABLE t (k TEXT PRIMARY KEY, n BIGINT, note TEXT)")
+            assert tx.execute("INSERT INTO t VALUES (?, ?, ?)", ("a", 1, "100% sure?")) == 1
+            tx.execute("INSERT INTO t VALUES (?, ?, ?)", ("b", 2**40, None))
+            changed = tx.execute("UPDATE t SET n = n + ? WHERE k LIKE 'a%'", (10,))
+        assert changed == 1
+        assert store.read_one("SELECT n, note FROM t WHERE k = ?", ("a",)) == (11, "100% sure?")
+        with store.read() as tx:
+            assert tx.fetchall("SELECT k, n FROM t ORDER BY k") == [("a", 11), ("b", 2**40)]
+            assert tx.fetchone("SELECT k FROM t WHERE k = ?", ("zz",)) is None
+            assert list(tx.iterate("SELECT k FROM t ORDER BY k", batch=1)) == [("a",), ("b",)]
+
+
+def test_iterate_streams_large_results(pg_url: str) -> None:
+    with PostgresStore(pg_url) as store, store.read() as tx:
+        rows = tx.iterate("SELECT g FROM generate_series(1, ?) AS g", (2500,), batch=1000)
+        assert sum(r[0] for r in rows) == 2500 * 2501 // 2
+
+
+def test_blob_round_trip(pg_url: str) -> None:
+    data = bytes(range(256)) * 40
+    with PostgresStore(pg_url) as store:
+        with store.write() as tx:
+            tx.execute(
+                "INSERT INTO payloads (digest, encoding, size, data, created_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                ("d1", "raw", len(data), data, "now"),
+            )
+        row = store.read_one("SELECT data, size FROM payloads WHERE digest = ?", ("d1",))
+    assert row is not None
+    assert bytes(row[0]) == data
+    assert row[1] == len(data)
+
+
+def test_rollback_on_error(pg_url: str) -> None:
+    with PostgresStore(pg_url) as store:
+        with store.write() as tx:
+            tx.execute("CREATE TABLE t (n INTEGER PRIMARY KEY)")
+
+        def failing_write() -> None:
+            with store.write() as tx:
+                tx.execute("INSERT INTO t VALUES (1)")
+                raise RuntimeError("boom")
+
+        with pytest.raises(RuntimeError):
+            failing_write()
+        with store.read() as tx:
+            assert tx.fetchall("SELECT n FROM t") == []
+
+        # A failing statement is a StoreError, and the transaction is rolled back.
+        def duplicate_insert() -> None:
+            with store.write() as tx:
+                tx.execute("INSERT INTO t VALUES (2)")
+                tx.execute("INSERT INTO t VALUES (2)")
+
+        with pytest.raises(StoreError) as info:
+            duplicate_insert()
+        assert info.value.context["sqlstate"] == "23505"
+        assert not info.value.retryable
+        assert store.read_one("SELECT count(*) FROM t") == (0,)
+        # The connection went back to the pool clean.
+        with store.write() as tx:
+            tx.execute("INSERT INTO t VALUES (3)")
+        assert store.read_one("SELECT n FROM t") == (3,)
+
+
+def test_read_transactions_are_read_only(pg_url: str) -> None:
+    with PostgresStore(pg_url) as store, pytest.raises(StoreError), store.read() as tx:
+        tx.execute("CREATE TABLE t (n INTEGER)")
+
+
+def test_write_transactions_are_atomic_across_threads(pg_url: str) -> None:
+    """Read-modify-write inside write() never loses an update (advisory write lock)."""
+    with PostgresStore(pg_url, max_size=4) as store:
+        with store.write() as tx:
+            tx.execute("CREATE TABLE counter (n INTEGER)")
+            tx.execute("INSERT INTO counter VALUES (0)")
+        errors: list[BaseException] = []
+
+        def bump() -> None:
+            try:
+                for _ in range(50):
+                    with store.write() as tx:
+                        row = tx.fetchone("SELECT n FROM counter")
+                        assert row is not None
+                        tx.execute("UPDATE counter SET n = ?", (row[0] + 1,))
+            except BaseException as exc:  # surfaced below: a thread's failure must fail the test
+                errors.append(exc)
+
+        threads = [threading.Thread(target=bump) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        with store.read() as tx:
+            assert tx.fetchone("SELECT n FROM counter") == (200,)
+
+
+def _bump_in_process(url: str, times: int) -> None:
+    with PostgresStore(url, migrate=False) as store:
+        for _ in range(times):
+            with store.write() as tx:
+                row = tx.fetchone("SELECT n FROM counter")
+                assert row is not None
+                tx.execute("UPDATE counter SET n = ?", (row[0] + 1,))
+
+
+def test_write_transactions_are_atomic_across_processes(pg_url: str) -> None:
+    with PostgresStore(pg_url) as store:
+        with store.write() as tx:
+            tx.execute("CREATE TABLE counter (n INTEGER)")
+            tx.execute("INSERT INTO counter VALUES (0)")
+        ctx = multiprocessing.get_context("spawn")
+        procs = [ctx.Process(target=_bump_in_process, args=(pg_url, 100)) for _ in range(2)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(timeout=60)
+        assert [p.exitcode for p in procs] == [0, 0]
+        assert store.read_one("SELECT n FROM counter") == (200,)
+
+
+def test_bad_urls_are_config_errors() -> None:
+    for url in ("mysql://x/y", "postgresql://host:notaport/db?bogus_option=1"):
+        with pytest.raises(ConfigError):
+            PostgresStore(url)
+
+
+def test_unreachable_server_is_a_config_error_that_says_what_to_check() -> None:
+    with pytest.raises(ConfigError) as info:
+        PostgresStore("postgresql://nobody:secret@127.0.0.1:1/none?connect_timeout=2")
+    assert "cannot connect to PostgreSQL" in info.value.message
+    assert "secret" not in info.value.message
+    assert "running and reachable" in info.value.message
+
+
+def test_a_keel_app_runs_on_postgresql(pg_url: str, tmp_path: Path) -> None:
+    """open_store picks the backend from the URL; governed calls, the ledger and the audit chain
+    work on PostgreSQL unchanged (50 concurrent $10 calls on a $100 cap: exactly 10)."""
+    from keel import App, KeelConfig
+    from keel.errors import BudgetExceeded
+    from keel.testing import RecordingTool
+
+    config = KeelConfig(store_url=pg_url, home=tmp_path / "home")
+    with App(config) as app:
+        assert type(app.store).__name__ == "PostgresStore"
+        app.add_policy(
+            "policy: pg\ntools: {allow: [pay.send]}\n"
+            "caps: [{id: money, tools: [pay.send], per: [tenant], window: none, max_usd: 100}]\n"
+        )
+        pay = RecordingTool("pay.send", scope="pay:write", effect="irreversible", cost_usd="10")
+        app.register(pay)
+        agents = [app.agent(f"bot-{i}", tenant="acme", scopes=["pay:write"]) for i in range(50)]
+        barrier = threading.Barrier(50)
+        outcomes: list[str] = []
+
+        def attempt(i: int) -> None:
+            barrier.wait()
+            try:
+                agents[i].call("pay.send", {"n": i})
+                outcomes.append("ok")
+            except BudgetExceeded:
+                outcomes.append("budget")
+
+        threads = [threading.Thread(target=attempt, args=(i,)) for i in range(50)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert outcomes.count("ok") == 10
+        assert pay.calls == 10
+        report = app.verify_audit()
+        assert report.ok, report.problem
+        assert report.records_checked >= 50
