@@ -50,6 +50,9 @@ class LimitsCache:
         self._lock = threading.Lock()
 
     def get(self, ctx: CallContext) -> tuple[tuple[Cap, ...], tuple[RateLimit, ...]]:
+        """The caps and rate limits of this call, looked up once per call (both guards ask)."""
+        if ctx.limits is not None:
+            return ctx.limits  # type: ignore[no-any-return]
         call = ctx.call
         assert call is not None
         limits = self._source.limits_for(call.principal, call.workflow, call.kind, call.target)
@@ -65,6 +68,7 @@ class LimitsCache:
                 if len(self._cache) > 4096:
                     self._cache.clear()
                 self._cache[id(limits)] = found
+        ctx.limits = (found[1], found[2])
         return found[1], found[2]
 
 

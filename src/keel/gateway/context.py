@@ -78,6 +78,7 @@ class CallContext:
         "estimate",
         "fingerprint",
         "idempotency_key",
+        "limits",
         "notes",
         "principal",
         "replay",
@@ -105,6 +106,7 @@ class CallContext:
         self.cost: Cost = ZERO_COST
         self.estimate: Cost | None = None
         self.reservation: str | None = None
+        self.limits: Any = None  # (caps, rate limits) once the budget guards looked them up
         self.replay: dict[str, Any] | None = None
         self.result: Any = None
         self.result_json: str | None = None

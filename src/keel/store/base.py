@@ -11,9 +11,13 @@ transaction object must not cross threads. All methods block.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator, Sequence
+import datetime as _dt
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
+
+from keel.errors import SchemaVersionError
+from keel.store._schema import MIGRATIONS, SCHEMA_VERSION
 
 __all__ = ["Row", "Store", "Transaction"]
 
@@ -55,13 +59,60 @@ class Store(abc.ABC):
         with self.read() as tx:
             return tx.fetchone(sql, params)
 
-    @abc.abstractmethod
+    #: What the migrations' type tokens become in this backend's SQL (see ``_schema``).
+    type_tokens: Mapping[str, str]
+
+    @property
+    def display_url(self) -> str:
+        """The URL as shown in messages and logs (a backend hides secrets in it)."""
+        return self.url
+
     def schema_version(self) -> int:
         """The version of the newest migration applied to this database."""
+        row = self.read_one("SELECT COALESCE(MAX(version), 0) FROM keel_schema")
+        return int(row[0]) if row else 0
 
-    @abc.abstractmethod
     def migrate(self) -> list[int]:
-        """Apply pending migrations; return the versions applied."""
+        """Apply pending migrations, each in its own transaction; return the versions applied."""
+        applied: list[int] = []
+        for version, name, statements in MIGRATIONS:
+            with self.write() as tx:
+                row = tx.fetchone("SELECT 1 FROM keel_schema WHERE version = ?", (version,))
+                if row is not None:
+                    continue
+                for statement in statements:
+                    tx.execute(statement.format(**self.type_tokens))
+                tx.execute(
+                    "INSERT INTO keel_schema (version, name, applied_at) VALUES (?, ?, ?)",
+                    (version, name, _dt.datetime.now(_dt.UTC).isoformat()),
+                )
+            applied.append(version)
+        return applied
+
+    def _check_schema(self, migrate: bool) -> None:
+        """At open: refuse a newer schema; migrate an older one (or say how to)."""
+        with self.write() as tx:
+            tx.execute(
+                "CREATE TABLE IF NOT EXISTS keel_schema ("
+                "version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
+            )
+        current = self.schema_version()
+        context = {"url": self.display_url, "found": current, "supported": SCHEMA_VERSION}
+        if current > SCHEMA_VERSION:
+            raise SchemaVersionError(
+                f"the store at {self.display_url} has schema version {current}, written by a "
+                f"newer Keel; this Keel understands versions up to {SCHEMA_VERSION}. "
+                "Upgrade Keel to open it.",
+                context=context,
+            )
+        if current < SCHEMA_VERSION:
+            if not migrate:
+                raise SchemaVersionError(
+                    f"the store at {self.display_url} has schema version {current}; this Keel "
+                    f"needs {SCHEMA_VERSION}. Run `keel db migrate`.",
+                    context=context,
+                )
+            self.migrate()
 
     @abc.abstractmethod
     def close(self) -> None:

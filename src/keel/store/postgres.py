@@ -27,14 +27,12 @@ every further statement of that transaction until it ends. Let the error leave t
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import functools
 import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from keel.errors import ConfigError, SchemaVersionError, StoreError
-from keel.store._schema import MIGRATIONS, SCHEMA_VERSION
+from keel.errors import ConfigError, StoreError
 from keel.store.base import Row, Store
 
 try:
@@ -137,6 +135,7 @@ class PostgresStore(Store):
     """A Keel store in a PostgreSQL database."""
 
     dialect = "postgresql"
+    type_tokens = _TYPES
 
     def __init__(
         self, url: str, *, migrate: bool = True, min_size: int = 1, max_size: int = 8
@@ -293,49 +292,9 @@ class PostgresStore(Store):
 
     # -- schema ------------------------------------------------------------------------------
 
-    def _check_schema(self, migrate: bool) -> None:
-        with self.write() as tx:
-            tx.execute(
-                "CREATE TABLE IF NOT EXISTS keel_schema ("
-                "version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
-            )
-        current = self.schema_version()
-        context = {"url": _redact(self.url), "found": current, "supported": SCHEMA_VERSION}
-        if current > SCHEMA_VERSION:
-            raise SchemaVersionError(
-                f"the store at {_redact(self.url)} has schema version {current}, written by a "
-                f"newer Keel; this Keel understands versions up to {SCHEMA_VERSION}. "
-                "Upgrade Keel to open it.",
-                context=context,
-            )
-        if current < SCHEMA_VERSION:
-            if not migrate:
-                raise SchemaVersionError(
-                    f"the store at {_redact(self.url)} has schema version {current}; this Keel "
-                    f"needs {SCHEMA_VERSION}. Run `keel db migrate`.",
-                    context=context,
-                )
-            self.migrate()
-
-    def schema_version(self) -> int:
-        row = self.read_one("SELECT COALESCE(MAX(version), 0) FROM keel_schema")
-        return int(row[0]) if row else 0
-
-    def migrate(self) -> list[int]:
-        applied: list[int] = []
-        for version, name, statements in MIGRATIONS:
-            with self.write() as tx:
-                row = tx.fetchone("SELECT 1 FROM keel_schema WHERE version = ?", (version,))
-                if row is not None:
-                    continue
-                for statement in statements:
-                    tx.execute(statement.format(**_TYPES))
-                tx.execute(
-                    "INSERT INTO keel_schema (version, name, applied_at) VALUES (?, ?, ?)",
-                    (version, name, _dt.datetime.now(_dt.UTC).isoformat()),
-                )
-            applied.append(version)
-        return applied
+    @property
+    def display_url(self) -> str:
+        return _redact(self.url)
 
     def close(self) -> None:
         with self._lock:

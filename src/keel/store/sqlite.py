@@ -7,7 +7,6 @@ reading anything: a read-modify-write inside ``write()`` cannot race another thr
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import sqlite3
 import threading
 import uuid
@@ -15,8 +14,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from keel.errors import SchemaVersionError, StoreError
-from keel.store._schema import MIGRATIONS, SCHEMA_VERSION
+from keel.errors import StoreError
 from keel.store.base import Row, Store
 
 __all__ = ["SQLiteStore"]
@@ -50,6 +48,7 @@ class SQLiteStore(Store):
     """A Keel store in one SQLite file (or in memory, for tests and throwaway runs)."""
 
     dialect = "sqlite"
+    type_tokens = _TYPES
 
     def __init__(self, path: str, *, url: str | None = None, migrate: bool = True) -> None:
         self.url = url or f"sqlite:///{path}"
@@ -160,49 +159,6 @@ class SQLiteStore(Store):
         return row
 
     # -- schema ------------------------------------------------------------------------------
-
-    def _check_schema(self, migrate: bool) -> None:
-        with self.write() as tx:
-            tx.execute(
-                "CREATE TABLE IF NOT EXISTS keel_schema ("
-                "version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
-            )
-        current = self.schema_version()
-        if current > SCHEMA_VERSION:
-            raise SchemaVersionError(
-                f"the store at {self.url} has schema version {current}, written by a newer Keel; "
-                f"this Keel understands versions up to {SCHEMA_VERSION}. Upgrade Keel to open it.",
-                context={"url": self.url, "found": current, "supported": SCHEMA_VERSION},
-            )
-        if current < SCHEMA_VERSION:
-            if not migrate:
-                raise SchemaVersionError(
-                    f"the store at {self.url} has schema version {current}; this Keel needs "
-                    f"{SCHEMA_VERSION}. Run `keel db migrate`.",
-                    context={"url": self.url, "found": current, "supported": SCHEMA_VERSION},
-                )
-            self.migrate()
-
-    def schema_version(self) -> int:
-        with self.read() as tx:
-            row = tx.fetchone("SELECT COALESCE(MAX(version), 0) FROM keel_schema")
-        return int(row[0]) if row else 0
-
-    def migrate(self) -> list[int]:
-        applied: list[int] = []
-        for version, name, statements in MIGRATIONS:
-            with self.write() as tx:
-                row = tx.fetchone("SELECT 1 FROM keel_schema WHERE version = ?", (version,))
-                if row is not None:
-                    continue
-                for statement in statements:
-                    tx.execute(statement.format(**_TYPES))
-                tx.execute(
-                    "INSERT INTO keel_schema (version, name, applied_at) VALUES (?, ?, ?)",
-                    (version, name, _dt.datetime.now(_dt.UTC).isoformat()),
-                )
-            applied.append(version)
-        return applied
 
     def close(self) -> None:
         with self._lock:
