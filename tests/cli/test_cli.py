@@ -76,7 +76,7 @@ def test_demo_shows_allowed_denied_and_approval_required(demo: Path) -> None:
 
 def test_demo_runs_are_durable_and_the_crash_costs_nothing(demo: Path) -> None:
     shop = sqlite3.connect(demo / "shop.db")
-    for table in ("refunds", "purchases"):
+    for table in ("refunds", "purchases", "outbox", "replies"):
         (dupes,) = shop.execute(
             f"SELECT COUNT(*) FROM (SELECT idempotency_key FROM {table} "
             "GROUP BY idempotency_key HAVING COUNT(*) > 1)"

@@ -40,9 +40,10 @@ class Shop:
             CREATE TABLE IF NOT EXISTS refunds (refund_id TEXT PRIMARY KEY, order_id TEXT,
                 amount TEXT, currency TEXT, destination TEXT, reason TEXT,
                 idempotency_key TEXT UNIQUE, created_at TEXT);
-            CREATE TABLE IF NOT EXISTS replies (ticket_id TEXT, message TEXT, created_at TEXT);
+            CREATE TABLE IF NOT EXISTS replies (ticket_id TEXT, message TEXT, created_at TEXT,
+                idempotency_key TEXT UNIQUE);
             CREATE TABLE IF NOT EXISTS outbox (message_id TEXT PRIMARY KEY, recipient TEXT,
-                subject TEXT, body TEXT, created_at TEXT);
+                subject TEXT, body TEXT, created_at TEXT, idempotency_key TEXT UNIQUE);
             CREATE TABLE IF NOT EXISTS deleted_customers (email TEXT, created_at TEXT);
             CREATE TABLE IF NOT EXISTS purchases (purchase_id TEXT PRIMARY KEY, vendor TEXT,
                 item TEXT, amount TEXT, idempotency_key TEXT UNIQUE, created_at TEXT);
@@ -133,17 +134,29 @@ class Shop:
             )
         return {"purchase_id": purchase_id, "status": "placed"}
 
-    def reply(self, ticket_id: str, message: str) -> None:
+    def reply(self, ticket_id: str, message: str, idempotency_key: str | None = None) -> None:
+        """Post a reply; like a real helpdesk API, one key posts one reply."""
         self._conn.execute(
-            "INSERT INTO replies VALUES (?, ?, ?)", (ticket_id, message, self._now())
+            "INSERT INTO replies VALUES (?, ?, ?, ?) ON CONFLICT (idempotency_key) DO NOTHING",
+            (ticket_id, message, self._now(), idempotency_key),
         )
 
-    def send_mail(self, recipient: str, subject: str, body: str) -> str:
-        message_id = "msg_" + uuid.uuid4().hex[:16]
-        self._conn.execute(
-            "INSERT INTO outbox VALUES (?, ?, ?, ?, ?)",
-            (message_id, recipient, subject, body, self._now()),
-        )
+    def send_mail(
+        self, recipient: str, subject: str, body: str, idempotency_key: str | None = None
+    ) -> str:
+        """Queue an email; like a real mail API, one key sends one message."""
+        with self._lock:
+            if idempotency_key is not None:
+                row = self._conn.execute(
+                    "SELECT message_id FROM outbox WHERE idempotency_key = ?", (idempotency_key,)
+                ).fetchone()
+                if row is not None:
+                    return str(row[0])
+            message_id = "msg_" + uuid.uuid4().hex[:16]
+            self._conn.execute(
+                "INSERT INTO outbox VALUES (?, ?, ?, ?, ?, ?)",
+                (message_id, recipient, subject, body, self._now(), idempotency_key),
+            )
         return message_id
 
     def delete_customer(self, email: str) -> None:

@@ -32,10 +32,10 @@ def register_tools(app: App, shop: Shop, tickets: dict[str, dict[str, Any]]) -> 
             raise ToolError(f"no order {order_id}", retryable=False)
         return order
 
-    @app.tool("tickets.reply", scope="tickets:write", effect="reversible")
-    def reply(ticket_id: str, message: str) -> dict[str, str]:
-        """Post a reply on a ticket."""
-        shop.reply(ticket_id, message)
+    @app.tool("tickets.reply", scope="tickets:write", effect="reversible", idempotent=True)
+    def reply(ticket_id: str, message: str, ctx: ToolContext) -> dict[str, str]:
+        """Post a reply on a ticket. Honours idempotency keys: one key, one reply."""
+        shop.reply(ticket_id, message, ctx.idempotency_key)
         return {"status": "posted"}
 
     @app.tool(
@@ -56,10 +56,10 @@ def register_tools(app: App, shop: Shop, tickets: dict[str, dict[str, Any]]) -> 
         """Refund money on an order. Honours idempotency keys: one key, one refund."""
         return shop.refund(order_id, amount, currency, destination, reason, ctx.idempotency_key)
 
-    @app.tool("email.send", scope="email:send", effect="irreversible")
-    def send_email(to: str, subject: str, body: str) -> dict[str, str]:
-        """Send an email."""
-        return {"message_id": shop.send_mail(to, subject, body)}
+    @app.tool("email.send", scope="email:send", effect="irreversible", idempotent=True)
+    def send_email(to: str, subject: str, body: str, ctx: ToolContext) -> dict[str, str]:
+        """Send an email. Honours idempotency keys: one key, one message."""
+        return {"message_id": shop.send_mail(to, subject, body, ctx.idempotency_key)}
 
     @app.tool("crm.delete_customer", scope="crm:write", effect="irreversible")
     def delete_customer(email: str) -> dict[str, str]:
@@ -92,7 +92,10 @@ def register_procurement_tools(app: App, shop: Shop) -> None:
         """Place a purchase order. Honours idempotency keys: one key, one order."""
         return shop.purchase(vendor, item, amount, ctx.idempotency_key)
 
-    @app.tool("procurement.notify", scope="procurement:write", effect="reversible")
-    def notify(requester: str, message: str) -> dict[str, str]:
-        """Tell the requester what happened."""
-        return {"message_id": shop.send_mail(requester, "Your purchase request", message)}
+    @app.tool("procurement.notify", scope="procurement:write", effect="reversible", idempotent=True)
+    def notify(requester: str, message: str, ctx: ToolContext) -> dict[str, str]:
+        """Tell the requester what happened. Honours idempotency keys: one key, one message."""
+        message_id = shop.send_mail(
+            requester, "Your purchase request", message, ctx.idempotency_key
+        )
+        return {"message_id": message_id}
