@@ -70,7 +70,15 @@ EXPECTED = {
         "check_model_name",
         "check_tool_name",
     ],
-    "keel.store": ["SCHEMA_VERSION", "Row", "SQLiteStore", "Store", "Transaction", "open_store"],
+    "keel.store": [
+        "RUNS_CHANNEL",
+        "SCHEMA_VERSION",
+        "Row",
+        "SQLiteStore",
+        "Store",
+        "Transaction",
+        "open_store",
+    ],
     "keel.testing": [
         "AnthropicStandIn",
         "FaultPlan",

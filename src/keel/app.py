@@ -69,6 +69,10 @@ __all__ = ["Agent", "App"]
 F = TypeVar("F", bound=Callable[..., Any])
 W = TypeVar("W", bound=Callable[..., Any])
 
+# Audit chains on PostgreSQL unless the config says otherwise: appends to different chains
+# (different runs) take different locks, so gateway replicas do not queue behind one head.
+_PG_AUDIT_PARTITIONS = 8
+
 
 class _Policies:
     """The active policy set; swapped atomically when policies are loaded."""
@@ -155,6 +159,8 @@ class App:
             signer=self.keys,
             checkpoint_every=self.config.audit_checkpoint_every,
             checkpoint_path=home / "audit-anchor.jsonl" if self.config.audit_anchor_file else None,
+            partitions=self.config.audit_partitions
+            or (_PG_AUDIT_PARTITIONS if self.store.dialect == "postgresql" else 1),
         )
         self.tools = ToolRegistry()
         self._providers: dict[str, Provider] = {}

@@ -54,6 +54,14 @@ class KeelConfig(BaseModel):
     audit_checkpoint_every: int = Field(
         1000, gt=0, description="Sign an audit checkpoint after this many records."
     )
+    audit_partitions: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description="Independent audit hash chains to spread appends over (records of one run "
+        "share a chain). Default: 1 on SQLite, 8 on PostgreSQL, where appends to different "
+        "chains run in parallel.",
+    )
     models: dict[str, Any] = Field(
         default_factory=dict,
         description="Model providers, models, prices, router and cache (keel.runtime.modelconfig).",

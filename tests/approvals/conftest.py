@@ -1,4 +1,4 @@
-"""Fixtures for approvals: a real App on a temp SQLite file, a frozen clock, recording tools."""
+"""Fixtures for approvals: a real App on a fresh store of each backend, a clock, tools."""
 
 from __future__ import annotations
 
@@ -69,8 +69,8 @@ def clock() -> FrozenClock:
 
 
 @pytest.fixture
-def config(tmp_path: Path) -> KeelConfig:
-    return KeelConfig(store_url=f"sqlite:///{tmp_path / 'keel.db'}", home=tmp_path / "home")
+def config(tmp_path: Path, store_url: str) -> KeelConfig:
+    return KeelConfig(store_url=store_url, home=tmp_path / "home")
 
 
 @pytest.fixture

@@ -42,11 +42,11 @@ def open_app(config: Path) -> tuple[App, RecordingTool]:
 
 
 @pytest.fixture
-def config(tmp_path: Path) -> Path:
+def config(tmp_path: Path, store_url: str) -> Path:
     (tmp_path / "policy.yaml").write_text(POLICY, encoding="utf-8")
     path = tmp_path / "keel.yaml"
     path.write_text(
-        "store_url: sqlite:///keel.db\nhome: .keel\npolicy_paths: [policy.yaml]\n",
+        f"store_url: {json.dumps(store_url)}\nhome: .keel\npolicy_paths: [policy.yaml]\n",
         encoding="utf-8",
     )
     return path

@@ -1,8 +1,7 @@
-"""Fixtures for the audit tests: a store on a temp SQLite file, a frozen clock, Ed25519 keys."""
+"""Fixtures for the audit tests: a fresh store on each backend, a frozen clock, Ed25519 keys."""
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -63,28 +62,23 @@ def sample_entry(i: int, **overrides: Any) -> AuditEntry:
 
 
 class Attacker:
-    """Edits the database file directly with the stdlib sqlite3 module, bypassing Keel."""
+    """Edits the tables directly with SQL, bypassing the audit log (on either backend).
 
-    def sql(self, path: Path, *statements: tuple[str, tuple[Any, ...]] | str) -> None:
-        conn = sqlite3.connect(path)
-        try:
+    It has the database: it opens the store at ``url`` and runs its statements in one write
+    transaction (SQL with ``?`` placeholders, as every backend takes them).
+    """
+
+    def sql(self, url: str, *statements: tuple[str, tuple[Any, ...]] | str) -> None:
+        with open_store(url) as store, store.write() as tx:
             for statement in statements:
                 if isinstance(statement, str):
-                    conn.execute(statement)
+                    tx.execute(statement)
                 else:
-                    conn.execute(*statement)
-            conn.commit()
-        finally:
-            conn.close()
+                    tx.execute(*statement)
 
-    def rows(self, path: Path, statement: str, params: tuple[Any, ...] = ()) -> list[Any]:
-        """Rows with text as raw bytes (what is really in the file)."""
-        conn = sqlite3.connect(path)
-        conn.text_factory = bytes
-        try:
-            return conn.execute(statement, params).fetchall()
-        finally:
-            conn.close()
+    def rows(self, url: str, statement: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        with open_store(url) as store, store.read() as tx:
+            return tx.fetchall(statement, params)
 
 
 @pytest.fixture(scope="session")
@@ -104,13 +98,8 @@ def make_keys() -> Callable[[str], Ed25519Keys]:
 
 
 @pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "keel.db"
-
-
-@pytest.fixture
-def store(db_path: Path) -> Iterator[Store]:
-    with open_store("sqlite:///" + str(db_path)) as opened:
+def store(store_url: str) -> Iterator[Store]:
+    with open_store(store_url) as opened:
         yield opened
 
 

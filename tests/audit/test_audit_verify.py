@@ -1,6 +1,6 @@
 """Verification finds every kind of tampering, and where it starts (ATTACKS.md #40).
 
-The attacker edits the SQLite file (and the anchor file) directly with the stdlib sqlite3 module.
+The attacker edits the tables directly with SQL (on either backend), and the anchor file.
 """
 
 from __future__ import annotations
@@ -21,14 +21,14 @@ COLUMNS = "chain, seq, ts, kind, tenant, agent, run_id, tool, decision, rule_id,
 
 
 def build(
-    path: Path,
+    url: str,
     entry: Entry,
     n: int,
     keys: Any = None,
     every: int = 1000,
     anchors: Path | None = None,
 ) -> None:
-    with open_store("sqlite:///" + str(path)) as store:
+    with open_store(url) as store:
         log = AuditLog(
             store, FrozenClock(), signer=keys, checkpoint_every=every, checkpoint_path=anchors
         )
@@ -36,18 +36,27 @@ def build(
             log.record(entry(i))
 
 
-def check(path: Path, **kwargs: Any) -> VerifyReport:
-    with open_store("sqlite:///" + str(path)) as store:
+def check(url: str, **kwargs: Any) -> VerifyReport:
+    with open_store(url) as store:
         return verify_chain(store, **kwargs)
 
 
 @pytest.fixture
-def chain10(db_path: Path, entry: Entry) -> Path:
-    build(db_path, entry, 10)
-    return db_path
+def chain10(store_url: str, entry: Entry) -> str:
+    """The URL of a store holding a chain of 10 records."""
+    build(store_url, entry, 10)
+    return store_url
 
 
-def test_untouched_log_verifies(chain10: Path) -> None:
+@pytest.fixture
+def sqlite_chain10(tmp_path: Path, entry: Entry) -> str:
+    """Like ``chain10``, always on SQLite (for attacks only SQLite's loose typing allows)."""
+    url = f"sqlite:///{tmp_path / 'keel.db'}"
+    build(url, entry, 10)
+    return url
+
+
+def test_untouched_log_verifies(chain10: str) -> None:
     report = check(chain10)
     assert report.ok
     assert report.records_checked == 10
@@ -61,7 +70,7 @@ def test_empty_log_verifies(store: Store) -> None:
     assert report.ok and report.records_checked == 0 and report.chains == ()
 
 
-def test_modified_record(chain10: Path, attacker: Any) -> None:
+def test_modified_record(chain10: str, attacker: Any) -> None:
     attacker.sql(chain10, "UPDATE audit_records SET tool = 'wire_money' WHERE seq = 7")
     report = check(chain10)
     assert not report.ok
@@ -70,14 +79,14 @@ def test_modified_record(chain10: Path, attacker: Any) -> None:
     assert "FAILED" in report.summary()
 
 
-def test_deleted_record(chain10: Path, attacker: Any) -> None:
+def test_deleted_record(chain10: str, attacker: Any) -> None:
     attacker.sql(chain10, "DELETE FROM audit_records WHERE seq = 4")
     report = check(chain10)
     assert report.first_bad_seq == 4
     assert report.problem == "record 4 missing (deleted) — seq jumps from 3 to 5"
 
 
-def test_deleted_range_and_first_record(chain10: Path, attacker: Any) -> None:
+def test_deleted_range_and_first_record(chain10: str, attacker: Any) -> None:
     attacker.sql(chain10, "DELETE FROM audit_records WHERE seq IN (1, 2, 6, 7, 8)")
     report = check(chain10)
     assert report.first_bad_seq == 1
@@ -86,7 +95,7 @@ def test_deleted_range_and_first_record(chain10: Path, attacker: Any) -> None:
     assert report.problems[1].message == "records 6..8 missing (deleted) — seq jumps from 5 to 9"
 
 
-def test_swapped_records(chain10: Path, attacker: Any) -> None:
+def test_swapped_records(chain10: str, attacker: Any) -> None:
     attacker.sql(
         chain10,
         "UPDATE audit_records SET seq = -1 WHERE seq = 3",
@@ -98,14 +107,14 @@ def test_swapped_records(chain10: Path, attacker: Any) -> None:
     assert report.problem == "record 3: hash does not match its content (modified)"
 
 
-def rehash(path: Path, attacker: Any, seq: int, prev_hash: str | None = None) -> None:
+def rehash(url: str, attacker: Any, seq: int, prev_hash: str | None = None) -> None:
     """What a smarter attacker does: recompute the hash of a record it changed."""
-    [row] = attacker.rows(path, f"SELECT {COLUMNS} FROM audit_records WHERE seq = ?", (seq,))
-    values = [v.decode() if isinstance(v, bytes) else v for v in row]
+    [row] = attacker.rows(url, f"SELECT {COLUMNS} FROM audit_records WHERE seq = ?", (seq,))
+    values = list(row)
     if prev_hash is not None:
         values[11] = prev_hash
     attacker.sql(
-        path,
+        url,
         (
             "UPDATE audit_records SET prev_hash = ?, hash = ? WHERE seq = ?",
             (values[11], chain_hash(*values), seq),
@@ -113,7 +122,7 @@ def rehash(path: Path, attacker: Any, seq: int, prev_hash: str | None = None) ->
     )
 
 
-def test_reordered_records_with_recomputed_hashes(chain10: Path, attacker: Any) -> None:
+def test_reordered_records_with_recomputed_hashes(chain10: str, attacker: Any) -> None:
     attacker.sql(
         chain10,
         "UPDATE audit_records SET seq = -1 WHERE seq = 8",
@@ -127,7 +136,7 @@ def test_reordered_records_with_recomputed_hashes(chain10: Path, attacker: Any) 
     assert report.problem == "record 8: prev_hash does not match record 7 (reordered or altered)"
 
 
-def test_inserted_records(chain10: Path, attacker: Any) -> None:
+def test_inserted_records(chain10: str, attacker: Any) -> None:
     # a record slipped in before the start of the chain
     attacker.sql(
         chain10,
@@ -139,7 +148,7 @@ def test_inserted_records(chain10: Path, attacker: Any) -> None:
     assert report.problem == "record 0: sequence numbers start at 1 (inserted)"
 
 
-def test_inserted_in_the_middle_with_recomputed_hash(chain10: Path, attacker: Any) -> None:
+def test_inserted_in_the_middle_with_recomputed_hash(chain10: str, attacker: Any) -> None:
     """Making room shifts the later records, whose hashes cover their seq: the chain breaks at
     the first shifted record even though the forged one is self-consistent."""
     for seq in range(10, 4, -1):
@@ -155,12 +164,12 @@ def test_inserted_in_the_middle_with_recomputed_hash(chain10: Path, attacker: An
     assert report.problem == "record 6: hash does not match its content (modified)"
 
 
-def test_duplicate_rows_after_dropping_the_primary_key(chain10: Path, attacker: Any) -> None:
+def test_duplicate_rows_after_dropping_the_primary_key(chain10: str, attacker: Any) -> None:
     attacker.sql(
         chain10,
-        "CREATE TABLE copy AS SELECT * FROM audit_records",
+        "CREATE TABLE audit_copy AS SELECT * FROM audit_records",
         "DROP TABLE audit_records",
-        "ALTER TABLE copy RENAME TO audit_records",
+        "ALTER TABLE audit_copy RENAME TO audit_records",
         "INSERT INTO audit_records SELECT * FROM audit_records WHERE seq = 5",
     )
     report = check(chain10)
@@ -168,21 +177,23 @@ def test_duplicate_rows_after_dropping_the_primary_key(chain10: Path, attacker: 
     assert report.problem == "record 5 appears more than once (inserted)"
 
 
-def test_invalid_utf8_and_foreign_types_are_named(chain10: Path, attacker: Any) -> None:
+def test_invalid_utf8_and_foreign_types_are_named(sqlite_chain10: str, attacker: Any) -> None:
+    """SQLite-only: PostgreSQL refuses invalid UTF-8 and bytes in a text column outright."""
     attacker.sql(
-        chain10,
+        sqlite_chain10,
         ("UPDATE audit_records SET tenant = CAST(? AS TEXT) WHERE seq = 6", (b"ac\xffme",)),
         ("UPDATE audit_records SET agent = ? WHERE seq = 8", (b"agent-1",)),
     )
-    report = check(chain10)
+    report = check(sqlite_chain10)
     assert report.first_bad_seq == 6
     assert [p.seq for p in report.problems] == [6, 8]
     assert all("hash does not match" in p.message for p in report.problems)
 
 
-def test_non_numeric_seq(chain10: Path, attacker: Any) -> None:
-    attacker.sql(chain10, "UPDATE audit_records SET seq = 'x' WHERE seq = 10")
-    report = check(chain10)
+def test_non_numeric_seq(sqlite_chain10: str, attacker: Any) -> None:
+    """SQLite-only: PostgreSQL refuses text in an integer column outright."""
+    attacker.sql(sqlite_chain10, "UPDATE audit_records SET seq = 'x' WHERE seq = 10")
+    report = check(sqlite_chain10)
     assert not report.ok  # the last record's seq became text: it is not in the chain any more
     assert report.problem == "a record has seq 'x', which is not a number (modified)"
 
@@ -191,12 +202,12 @@ def test_non_numeric_seq(chain10: Path, attacker: Any) -> None:
 
 
 @pytest.fixture
-def signed(db_path: Path, entry: Entry, keys: Any, anchor_path: Path) -> Path:
-    build(db_path, entry, 23, keys=keys, every=5, anchors=anchor_path)
-    return db_path
+def signed(store_url: str, entry: Entry, keys: Any, anchor_path: Path) -> str:
+    build(store_url, entry, 23, keys=keys, every=5, anchors=anchor_path)
+    return store_url
 
 
-def test_signed_log_verifies(signed: Path, keys: Any, anchor_path: Path) -> None:
+def test_signed_log_verifies(signed: str, keys: Any, anchor_path: Path) -> None:
     report = check(signed, verifier=keys, checkpoint_path=anchor_path)
     assert report.ok, report.problem
     assert (report.checkpoints_checked, report.signatures_checked) == (4, 4)
@@ -205,7 +216,7 @@ def test_signed_log_verifies(signed: Path, keys: Any, anchor_path: Path) -> None
     assert unsigned.notes == ("checkpoint signatures were not checked (no verifier given)",)
 
 
-def test_truncation_caught_by_the_checkpoint_table(signed: Path, attacker: Any, keys: Any) -> None:
+def test_truncation_caught_by_the_checkpoint_table(signed: str, attacker: Any, keys: Any) -> None:
     attacker.sql(signed, "DELETE FROM audit_records WHERE seq > 17")
     report = check(signed, verifier=keys)
     assert report.first_bad_seq == 18
@@ -215,7 +226,7 @@ def test_truncation_caught_by_the_checkpoint_table(signed: Path, attacker: Any, 
 
 
 def test_truncation_of_records_and_checkpoints_caught_by_the_anchor_file(
-    signed: Path, attacker: Any, keys: Any, anchor_path: Path
+    signed: str, attacker: Any, keys: Any, anchor_path: Path
 ) -> None:
     attacker.sql(
         signed,
@@ -230,7 +241,7 @@ def test_truncation_of_records_and_checkpoints_caught_by_the_anchor_file(
     )
 
 
-def test_everything_deleted(signed: Path, attacker: Any, keys: Any, anchor_path: Path) -> None:
+def test_everything_deleted(signed: str, attacker: Any, keys: Any, anchor_path: Path) -> None:
     attacker.sql(signed, "DELETE FROM audit_records", "DELETE FROM audit_checkpoints")
     report = check(signed, verifier=keys, checkpoint_path=anchor_path)
     assert report.first_bad_seq == 1 and report.first_bad_chain == "main"
@@ -239,21 +250,21 @@ def test_everything_deleted(signed: Path, attacker: Any, keys: Any, anchor_path:
     )
 
 
-def test_deleted_anchor_file(signed: Path, keys: Any, anchor_path: Path) -> None:
+def test_deleted_anchor_file(signed: str, keys: Any, anchor_path: Path) -> None:
     anchor_path.unlink()
     report = check(signed, verifier=keys, checkpoint_path=anchor_path)
     assert not report.ok
     assert report.problem is not None and "anchor file" in report.problem
 
 
-def test_malformed_anchor_line(signed: Path, keys: Any, anchor_path: Path) -> None:
+def test_malformed_anchor_line(signed: str, keys: Any, anchor_path: Path) -> None:
     with anchor_path.open("a") as handle:
         handle.write("{not json\n")
     report = check(signed, verifier=keys, checkpoint_path=anchor_path)
     assert report.problem == "anchor file line 5 is malformed (modified)"
 
 
-def test_forged_checkpoint_signature(signed: Path, attacker: Any, keys: Any) -> None:
+def test_forged_checkpoint_signature(signed: str, attacker: Any, keys: Any) -> None:
     attacker.sql(
         signed,
         "UPDATE audit_checkpoints SET signature = '00' || substr(signature, 3) WHERE seq = 10",
@@ -263,24 +274,24 @@ def test_forged_checkpoint_signature(signed: Path, attacker: Any, keys: Any) -> 
     assert report.problem == "checkpoint at seq 10 (key k1): checkpoint signature invalid"
 
 
-def test_checkpoint_of_an_unknown_key(signed: Path, make_keys: Callable[[str], Any]) -> None:
+def test_checkpoint_of_an_unknown_key(signed: str, make_keys: Callable[[str], Any]) -> None:
     report = check(signed, verifier=make_keys("k2"))
     assert not report.ok
     assert all("signature invalid" in p.message for p in report.problems)
 
 
 def test_rewritten_log_is_caught_by_the_signed_checkpoint(
-    signed: Path, attacker: Any, keys: Any, anchor_path: Path
+    signed: str, attacker: Any, keys: Any, anchor_path: Path
 ) -> None:
     """The attacker changes record 3 and recomputes every hash after it: the chain is
     self-consistent again, but no longer matches what was signed at seq 5."""
     attacker.sql(signed, "UPDATE audit_records SET decision = 'allow' WHERE seq = 3")
-    [[prev]] = attacker.rows(signed, "SELECT hash FROM audit_records WHERE seq = 2")
-    prev_hash = prev.decode()
+    [[prev_hash]] = attacker.rows(signed, "SELECT hash FROM audit_records WHERE seq = 2")
     for seq in range(3, 24):
         rehash(signed, attacker, seq, prev_hash)
-        [[new]] = attacker.rows(signed, "SELECT hash FROM audit_records WHERE seq = ?", (seq,))
-        prev_hash = new.decode()
+        [[prev_hash]] = attacker.rows(
+            signed, "SELECT hash FROM audit_records WHERE seq = ?", (seq,)
+        )
     report = check(signed, verifier=keys)
     assert report.first_bad_seq == 5
     assert report.problem == (
@@ -298,27 +309,26 @@ def test_rewritten_log_is_caught_by_the_signed_checkpoint(
     assert anchored.first_bad_seq == 5
 
 
-def test_several_chains(store: Store, db_path: Path, attacker: Any, entry: Entry) -> None:
+def test_several_chains(store: Store, store_url: str, attacker: Any, entry: Entry) -> None:
     for name in ("main", "billing"):
         log = AuditLog(store, FrozenClock(), chain=name)
         for i in range(4):
             log.record(entry(i))
-    attacker.sql(db_path, "DELETE FROM audit_records WHERE chain = 'main' AND seq = 2")
+    attacker.sql(store_url, "DELETE FROM audit_records WHERE chain = 'main' AND seq = 2")
     report = verify_chain(store)
     assert report.chains == ("billing", "main")
     assert (report.first_bad_chain, report.first_bad_seq) == ("main", 2)
     assert verify_chain(store, chain="billing").ok
 
 
-def test_the_report_streams_large_logs(db_path: Path, entry: Entry) -> None:
-    build(db_path, entry, 5000)
-    report = check(db_path)
+def test_the_report_streams_large_logs(store_url: str, entry: Entry) -> None:
+    build(store_url, entry, 5000)
+    report = check(store_url)
     assert report.ok and report.records_checked == 5000
 
 
-def test_rows_can_be_read_back_like_the_verifier_does(chain10: Path, attacker: Any) -> None:
+def test_rows_can_be_read_back_like_the_verifier_does(chain10: str, attacker: Any) -> None:
     """The raw rows the attacker sees hash to the stored hash (the test helper is sound)."""
     for row in attacker.rows(chain10, f"SELECT {COLUMNS}, hash FROM audit_records"):
-        values = [v.decode() if isinstance(v, bytes) else v for v in row]
-        assert chain_hash(*values[:12]) == values[12]
+        assert chain_hash(*row[:12]) == row[12]
     assert json.loads(attacker.rows(chain10, "SELECT body FROM audit_records")[0][0])["n"] == 0

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from keel.store import open_store
+
 ROOT = Path(__file__).resolve().parents[2]
 BROKEN = ROOT / "examples" / "policies" / "broken.yaml"
 SUPPORT = ROOT / "examples" / "policies" / "support.yaml"
@@ -214,9 +216,9 @@ def test_token_mint_and_bad_ttl(tmp_path: Path) -> None:
     assert "15 minutes" in bad.stderr
 
 
-def test_kill_and_unkill_are_recorded(tmp_path: Path) -> None:
+def test_kill_and_unkill_are_recorded(tmp_path: Path, store_url: str) -> None:
     (tmp_path / "keel.yaml").write_text(
-        "store_url: sqlite:///k.db\nhome: .keel\n", encoding="utf-8"
+        f"store_url: {json.dumps(store_url)}\nhome: .keel\n", encoding="utf-8"
     )
     assert keel("kill", "tenant", "acme", "--reason", "incident", cwd=tmp_path).returncode == 0
     listed = keel("kill", "--list", cwd=tmp_path)
@@ -229,6 +231,28 @@ def test_kill_and_unkill_are_recorded(tmp_path: Path) -> None:
     shown = keel("audit", "show", "--json", cwd=tmp_path)
     actions = [json.loads(line)["body"]["action"] for line in shown.stdout.splitlines()]
     assert actions == ["kill_switch.release", "kill_switch.engage"]
+
+
+def test_audit_verify_names_the_tampered_record_on_each_backend(
+    tmp_path: Path, store_url: str
+) -> None:
+    (tmp_path / "keel.yaml").write_text(
+        f"store_url: {json.dumps(store_url)}\nhome: .keel\n", encoding="utf-8"
+    )
+    assert keel("kill", "tenant", "acme", "--reason", "incident", cwd=tmp_path).returncode == 0
+    ok = keel("audit", "verify", cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    with open_store(store_url) as store, store.write() as tx:
+        row = tx.fetchone("SELECT chain, seq FROM audit_records ORDER BY seq LIMIT 1")
+        assert row is not None
+        chain, seq = row
+        tx.execute(
+            "UPDATE audit_records SET tenant = 'globex' WHERE chain = ? AND seq = ?", (chain, seq)
+        )
+    bad = keel("audit", "verify", cwd=tmp_path)
+    assert bad.returncode == 1, bad.stdout
+    assert "BROKEN" in bad.stderr
+    assert f"seq {seq}:" in bad.stderr
 
 
 def test_malformed_config_names_the_setting(tmp_path: Path) -> None:

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import sqlite3
 import threading
 from pathlib import Path
 
@@ -10,25 +9,25 @@ from keel.errors import ConfigError, SchemaVersionError, StoreError
 from keel.store import SCHEMA_VERSION, open_store
 
 
-def test_open_migrates_and_reports_version(tmp_path: Path) -> None:
-    with open_store(f"sqlite:///{tmp_path / 'k.db'}") as store:
+def test_open_migrates_and_reports_version(store_url: str) -> None:
+    with open_store(store_url) as store:
         assert store.schema_version() == SCHEMA_VERSION
-        with store.read() as tx:
-            mode = tx.fetchone("PRAGMA journal_mode")
-        assert mode == ("wal",)
+    with open_store(store_url, migrate=False) as reopened:
+        assert reopened.schema_version() == SCHEMA_VERSION
 
 
-def test_newer_schema_is_refused_with_a_clear_message(tmp_path: Path) -> None:
-    path = tmp_path / "k.db"
-    open_store(f"sqlite:///{path}").close()
-    conn = sqlite3.connect(path)
-    conn.execute(
-        "INSERT INTO keel_schema VALUES (?, 'from the future', 'x')", (SCHEMA_VERSION + 5,)
-    )
-    conn.commit()
-    conn.close()
+def test_sqlite_uses_the_wal_journal(tmp_path: Path) -> None:
+    with open_store(f"sqlite:///{tmp_path / 'k.db'}") as store, store.read() as tx:
+        assert tx.fetchone("PRAGMA journal_mode") == ("wal",)
+
+
+def test_newer_schema_is_refused_with_a_clear_message(store_url: str) -> None:
+    with open_store(store_url) as store, store.write() as tx:
+        tx.execute(
+            "INSERT INTO keel_schema VALUES (?, 'from the future', 'x')", (SCHEMA_VERSION + 5,)
+        )
     with pytest.raises(SchemaVersionError) as info:
-        open_store(f"sqlite:///{path}")
+        open_store(store_url)
     assert "newer Keel" in info.value.message
     assert info.value.context["found"] == SCHEMA_VERSION + 5
 
@@ -45,9 +44,9 @@ def test_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
     assert "does not exist" in info.value.message
 
 
-def test_write_transactions_are_atomic_across_threads(tmp_path: Path) -> None:
-    """Read-modify-write inside write() never loses an update (BEGIN IMMEDIATE)."""
-    with open_store(f"sqlite:///{tmp_path / 'k.db'}") as store:
+def test_write_transactions_are_atomic_across_threads(store_url: str) -> None:
+    """Read-modify-write inside write() never loses an update (it holds the write lock)."""
+    with open_store(store_url) as store:
         with store.write() as tx:
             tx.execute("CREATE TABLE counter (n INTEGER)")
             tx.execute("INSERT INTO counter VALUES (0)")
@@ -68,8 +67,8 @@ def test_write_transactions_are_atomic_across_threads(tmp_path: Path) -> None:
             assert tx.fetchone("SELECT n FROM counter") == (200,)
 
 
-def test_rollback_on_error(tmp_path: Path) -> None:
-    with open_store("sqlite:///:memory:") as store:
+def test_rollback_on_error(store_url: str) -> None:
+    with open_store(store_url) as store:
         with store.write() as tx:
             tx.execute("CREATE TABLE t (n INTEGER)")
 
@@ -82,3 +81,16 @@ def test_rollback_on_error(tmp_path: Path) -> None:
             failing_write()
         with store.read() as tx:
             assert tx.fetchall("SELECT n FROM t") == []
+
+
+def test_sqlite_in_memory_store_is_shared_by_threads_until_closed() -> None:
+    with open_store("sqlite:///:memory:") as store:
+        assert store.schema_version() == SCHEMA_VERSION
+        with store.write() as tx:
+            tx.execute("CREATE TABLE t (n INTEGER)")
+            tx.execute("INSERT INTO t VALUES (7)")
+        seen: list[object] = []
+        reader = threading.Thread(target=lambda: seen.append(store.read_one("SELECT n FROM t")))
+        reader.start()
+        reader.join()
+        assert seen == [(7,)]

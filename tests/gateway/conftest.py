@@ -75,8 +75,8 @@ def clock() -> FrozenClock:
 
 
 @pytest.fixture
-def tmp_config(tmp_path: Path) -> KeelConfig:
-    return KeelConfig(store_url=f"sqlite:///{tmp_path / 'keel.db'}", home=tmp_path / "home")
+def tmp_config(tmp_path: Path, store_url: str) -> KeelConfig:
+    return KeelConfig(store_url=store_url, home=tmp_path / "home")
 
 
 @pytest.fixture

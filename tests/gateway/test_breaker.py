@@ -57,20 +57,18 @@ class Harness:
         return "ok"
 
 
-def build(tmp_path: Path, **settings: Any) -> Iterator[Harness]:
+def build(tmp_path: Path, store_url: str, **settings: Any) -> Iterator[Harness]:
     clock = FrozenClock()
     breaker = CircuitBreakerGuard(clock, **settings)
-    config = KeelConfig(
-        store_url=f"sqlite:///{tmp_path / 'k.db'}", home=tmp_path / "home", models=MODELS
-    )
+    config = KeelConfig(store_url=store_url, home=tmp_path / "home", models=MODELS)
     with App(config, clock=clock, breaker=breaker) as app:
         app.add_policy(POLICY)
         yield Harness(app, clock, breaker)
 
 
 @pytest.fixture
-def h(tmp_path: Path) -> Iterator[Harness]:
-    yield from build(tmp_path)
+def h(tmp_path: Path, store_url: str) -> Iterator[Harness]:
+    yield from build(tmp_path, store_url)
 
 
 def test_opens_after_threshold_failures_and_refuses_without_calling(h: Harness) -> None:
@@ -279,7 +277,7 @@ def test_failures_leave_the_window(h: Harness) -> None:
     assert tool.calls == 9
 
 
-def test_error_rate_trips_only_over_min_calls(tmp_path: Path) -> None:
+def test_error_rate_trips_only_over_min_calls(tmp_path: Path, store_url: str) -> None:
     flips = {"n": 0}
 
     def alternate(args: dict[str, Any], ctx: ToolContext) -> dict[str, bool]:
@@ -288,7 +286,7 @@ def test_error_rate_trips_only_over_min_calls(tmp_path: Path) -> None:
             raise ToolError("upstream 502", retryable=True)
         return {"ok": True}
 
-    for h in build(tmp_path, failure_threshold=100, min_calls=10, error_rate=0.5):
+    for h in build(tmp_path, store_url, failure_threshold=100, min_calls=10, error_rate=0.5):
         h.app.register(RecordingTool("flaky.api", result=alternate))
         outcomes = [h.call() for _ in range(9)]
         assert outcomes.count("tool_error") == 4
@@ -316,8 +314,8 @@ def test_breakers_are_per_target(h: Harness) -> None:
     assert snapshot["opened_at"] == h.clock.now().isoformat()
 
 
-def test_targets_limits_the_breaker_and_reset_closes(tmp_path: Path) -> None:
-    for h in build(tmp_path, targets=["flaky.api"]):
+def test_targets_limits_the_breaker_and_reset_closes(tmp_path: Path, store_url: str) -> None:
+    for h in build(tmp_path, store_url, targets=["flaky.api"]):
         h.tool(fail_times=100)
         other = h.tool("other.api", fail_times=100)
         for _ in range(6):

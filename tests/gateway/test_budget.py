@@ -36,9 +36,9 @@ rate_limits:
 
 
 @pytest.fixture
-def app(tmp_path: Path) -> Iterator[App]:
+def app(tmp_path: Path, store_url: str) -> Iterator[App]:
     config = KeelConfig(
-        store_url=f"sqlite:///{tmp_path / 'k.db'}",
+        store_url=store_url,
         home=tmp_path / "home",
         models={"prices": {"scripted:*": {"input": "1000", "output": "1000"}}},
     )

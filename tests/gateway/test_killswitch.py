@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -87,7 +88,8 @@ def test_another_process_flipping_a_switch_is_seen_after_the_refresh(
         agent.call("orders.lookup", {})
         config_file = tmp_config.home.parent / "keel.yaml"
         config_file.write_text(
-            f"store_url: {tmp_config.store_url}\nhome: {tmp_config.home}\n", encoding="utf-8"
+            f"store_url: {json.dumps(tmp_config.store_url)}\nhome: {tmp_config.home}\n",
+            encoding="utf-8",
         )
         done = subprocess.run(
             [

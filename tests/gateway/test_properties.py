@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
@@ -69,12 +70,27 @@ def _must_deny(spec: dict[str, object], tool: str) -> str | None:
     return None
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(calls, min_size=1, max_size=6))
-def test_a_denied_call_never_executes(sequence: list[dict[str, object]]) -> None:
+#: Examples per backend: PostgreSQL costs more per example (connections, round trips).
+EXAMPLES = {"sqlite": 150, "postgres": 40}
+
+
+def test_a_denied_call_never_executes(backend: str, example_store_url: Callable[[], str]) -> None:
+    @settings(
+        max_examples=EXAMPLES[backend],
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    )
+    @given(st.lists(calls, min_size=1, max_size=6))
+    def check(sequence: list[dict[str, object]]) -> None:
+        _run_sequence(example_store_url(), sequence)
+
+    check()
+
+
+def _run_sequence(store_url: str, sequence: list[dict[str, object]]) -> None:
     clock = FrozenClock()
     with tempfile.TemporaryDirectory() as tmp:
-        config = KeelConfig(store_url=f"sqlite:///{tmp}/k.db", home=Path(tmp) / "home")
+        config = KeelConfig(store_url=store_url, home=Path(tmp) / "home")
         with App(config, clock=clock) as app:
             app.add_policy(POLICY)
             tools = Tools()

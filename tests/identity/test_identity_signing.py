@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator
 
 import pytest
 
@@ -28,10 +29,9 @@ NONCE = "n0nce-0123456789abcdef"
 
 
 @pytest.fixture
-def store(tmp_path):
-    store = open_store("sqlite:///" + str(tmp_path / "keel.db"))
-    yield store
-    store.close()
+def store(store_url: str) -> Iterator[Store]:
+    with open_store(store_url) as opened:
+        yield opened
 
 
 @pytest.fixture
@@ -235,8 +235,8 @@ def test_nonce_reused_in_a_new_signed_request_is_refused(key, request_verifier, 
     refused(request_verifier, "request_replayed", "POST", TARGET, again, b"{}")
 
 
-def test_replay_is_refused_after_the_store_is_reopened(keyset, tmp_path, clock):
-    url = "sqlite:///" + str(tmp_path / "restart.db")
+def test_replay_is_refused_after_the_store_is_reopened(keyset, store_url, clock):
+    url = store_url
     headers = sign(keyset.active, clock)
     with open_store(url) as store:
         RequestVerifier(keyset, store, clock).verify("POST", TARGET, headers, BODY)

@@ -1,4 +1,4 @@
-"""Fixtures for the ledger tests: a store on a temp SQLite file, a frozen clock, a ledger."""
+"""Fixtures for the ledger tests: a fresh store on each backend, a frozen clock, a ledger."""
 
 from __future__ import annotations
 
@@ -18,8 +18,9 @@ from keel.testing import FrozenClock
 
 
 @pytest.fixture
-def db_url(tmp_path: Path) -> str:
-    return "sqlite:///" + str(tmp_path / "keel.db")
+def db_url(store_url: str) -> str:
+    """The store's URL on this test's backend (for child processes that open it too)."""
+    return store_url
 
 
 @pytest.fixture

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import tempfile
 import threading
 from collections.abc import Callable
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
 from keel.errors import BudgetExceeded
 from keel.ledger import BudgetLine, Cap, Ledger, Reservation, ReservationRequest
@@ -75,7 +79,7 @@ def test_fifty_threads_ten_dollars_each_against_one_hundred(ledger: Ledger, req:
 def test_fifty_calls_from_two_processes(
     db_url: str, store: Store, processes: Callable[..., list[dict[str, int]]]
 ) -> None:
-    """ATTACKS.md #35 across two processes sharing one SQLite file (25 threads each)."""
+    """ATTACKS.md #35 across two processes sharing one store (25 threads each)."""
     results = processes(
         ["ledger", db_url, "25", "10", "100"], ["ledger", db_url, "25", "10", "100"]
     )
@@ -135,52 +139,65 @@ def _worker(
                 ledger.release(reservation.id)
 
 
-@settings(
-    max_examples=25,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
-@given(st.lists(st.lists(ops, max_size=14), min_size=2, max_size=4))
-def test_concurrent_random_operations_never_overspend(scripts: list[list[Op]]) -> None:
-    with tempfile.TemporaryDirectory() as folder:
-        store = open_store("sqlite:///" + str(Path(folder) / "keel.db"))
-        try:
-            ledger = Ledger(store, FrozenClock())
-            barrier = threading.Barrier(len(scripts) + 1)
-            spent = {"usd": D(0)}
-            lock = threading.Lock()
-            done = threading.Event()
-            observed: list[BaseException] = []
+#: Examples per backend: PostgreSQL costs more per example (connections, round trips).
+CONCURRENT_EXAMPLES = {"sqlite": 25, "postgres": 10}
 
-            def watch() -> None:
-                barrier.wait()
-                try:
-                    while not done.is_set():
-                        _check(ledger.report(all_days=True))
-                except BaseException as exc:  # reported below, in the test's thread
-                    observed.append(exc)
 
-            threads = [
-                threading.Thread(target=_worker, args=(ledger, n, script, barrier, spent, lock))
-                for n, script in enumerate(scripts)
-            ]
-            watcher = threading.Thread(target=watch)
-            for thread in [*threads]:
-                thread.start()
-            watcher.start()
-            for thread in threads:
-                thread.join()
-            done.set()
-            watcher.join()
-            assert not observed, observed
-            lines = ledger.report(all_days=True)
-            _check(lines)
-            tenant = next((line for line in lines if line.cap_id == "tenant"), None)
-            if tenant is not None:
-                assert tenant.spent_usd == spent["usd"]  # exact Decimal bookkeeping
-                assert ledger.spend_by().spent_usd == spent["usd"]
-        finally:
-            store.close()
+def test_concurrent_random_operations_never_overspend(
+    backend: str, example_store_url: Callable[[], str]
+) -> None:
+    @settings(
+        max_examples=CONCURRENT_EXAMPLES[backend],
+        deadline=None,
+        suppress_health_check=[
+            HealthCheck.too_slow,
+            HealthCheck.data_too_large,
+            HealthCheck.function_scoped_fixture,
+        ],
+    )
+    @given(st.lists(st.lists(ops, max_size=14), min_size=2, max_size=4))
+    def check(scripts: list[list[Op]]) -> None:
+        _run_concurrently(example_store_url(), scripts)
+
+    check()
+
+
+def _run_concurrently(store_url: str, scripts: list[list[Op]]) -> None:
+    with open_store(store_url) as store:
+        ledger = Ledger(store, FrozenClock())
+        barrier = threading.Barrier(len(scripts) + 1)
+        spent = {"usd": D(0)}
+        lock = threading.Lock()
+        done = threading.Event()
+        observed: list[BaseException] = []
+
+        def watch() -> None:
+            barrier.wait()
+            try:
+                while not done.is_set():
+                    _check(ledger.report(all_days=True))
+            except BaseException as exc:  # reported below, in the test's thread
+                observed.append(exc)
+
+        threads = [
+            threading.Thread(target=_worker, args=(ledger, n, script, barrier, spent, lock))
+            for n, script in enumerate(scripts)
+        ]
+        watcher = threading.Thread(target=watch)
+        for thread in [*threads]:
+            thread.start()
+        watcher.start()
+        for thread in threads:
+            thread.join()
+        done.set()
+        watcher.join()
+        assert not observed, observed
+        lines = ledger.report(all_days=True)
+        _check(lines)
+        tenant = next((line for line in lines if line.cap_id == "tenant"), None)
+        if tenant is not None:
+            assert tenant.spent_usd == spent["usd"]  # exact Decimal bookkeeping
+            assert ledger.spend_by().spent_usd == spent["usd"]
 
 
 # -- property: one thread, against an exact model ----------------------------------------------
@@ -195,10 +212,9 @@ MODEL_CAPS = (
 class LedgerModel(RuleBasedStateMachine):
     """Random reserve/settle/release/expire sequences against an exact Decimal model."""
 
-    def __init__(self) -> None:
+    def __init__(self, store_url: str) -> None:
         super().__init__()
-        self.folder = tempfile.TemporaryDirectory()
-        self.store = open_store("sqlite:///" + str(Path(self.folder.name) / "keel.db"))
+        self.store = open_store(store_url)
         self.clock = FrozenClock()
         self.ledger = Ledger(self.store, self.clock)
         # counter key -> [usd spent, usd held, tokens spent, tokens held, calls spent, calls held]
@@ -320,11 +336,19 @@ class LedgerModel(RuleBasedStateMachine):
 
     def teardown(self) -> None:
         self.store.close()
-        self.folder.cleanup()
 
 
-LedgerModel.TestCase.settings = settings(max_examples=40, stateful_step_count=25, deadline=None)
-test_ledger_matches_an_exact_model = LedgerModel.TestCase
+#: Examples per backend: PostgreSQL costs more per example (connections, round trips).
+MODEL_EXAMPLES = {"sqlite": 40, "postgres": 15}
+
+
+def test_ledger_matches_an_exact_model(backend: str, example_store_url: Callable[[], str]) -> None:
+    run_state_machine_as_test(
+        lambda: LedgerModel(example_store_url()),
+        settings=settings(
+            max_examples=MODEL_EXAMPLES[backend], stateful_step_count=25, deadline=None
+        ),
+    )
 
 
 def test_clock_jumps_do_not_confuse_expiry(ledger: Ledger, clock: FrozenClock, req: Req) -> None:

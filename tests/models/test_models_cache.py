@@ -18,8 +18,8 @@ TTL = _dt.timedelta(minutes=10)
 
 
 @pytest.fixture
-def store() -> Iterator[Store]:
-    with open_store("sqlite:///:memory:") as opened:
+def store(store_url: str) -> Iterator[Store]:
+    with open_store(store_url) as opened:
         yield opened
 
 

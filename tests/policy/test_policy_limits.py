@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-import tempfile
 import textwrap
 from decimal import Decimal
-from pathlib import Path
 from typing import Any, Literal
 
 import pytest
@@ -177,14 +175,11 @@ def test_limits_for_combines_documents() -> None:
     assert policies.caps_for(BOT, "refunds").spending_limit_usd == D(2)
 
 
-def test_the_seed_refund_cap_is_enforced_through_the_ledger() -> None:
+def test_the_seed_refund_cap_is_enforced_through_the_ledger(store_url: str) -> None:
     policies = PolicySet([load_policy(SUPPORT)])
     limits = policies.limits_for(BOT, "refunds", "tool", "billing.refund")
     caps = _ledger_caps(limits)
-    with (
-        tempfile.TemporaryDirectory() as folder,
-        open_store("sqlite:///" + str(Path(folder) / "k.db")) as store,
-    ):
+    with open_store(store_url) as store:
         clock = FrozenClock()
         ledger = Ledger(store, clock)
         limiter = RateLimiter(store, clock)

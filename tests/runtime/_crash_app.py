@@ -1,7 +1,8 @@
 """A bank workflow that can die at chosen points, for the crash matrix (run as a subprocess).
 
-    python _crash_app.py DIR MODE CRASH_POINT [resume]
+    python _crash_app.py DIR STORE_URL MODE CRASH_POINT [resume]
 
+DIR holds the bank's own database and Keel's home; STORE_URL is Keel's store (either backend).
 MODE: ``keys`` (the transfer tool honours idempotency keys), ``hook`` (it does not, but has a
 reconcile hook that asks the bank), ``none`` (neither). CRASH_POINT: where the process dies with
 ``os._exit`` (as kill -9 would): ``after_started`` (journal says started; nothing sent),
@@ -51,8 +52,8 @@ class Crash(Guard):
             os._exit(137)
 
 
-def build(directory: Path, mode: str, point: str, clock: FrozenClock | None) -> App:
-    config = KeelConfig(store_url=f"sqlite:///{directory / 'keel.db'}", home=directory / "home")
+def build(directory: Path, store_url: str, mode: str, point: str, clock: FrozenClock | None) -> App:
+    config = KeelConfig(store_url=store_url, home=directory / "home")
     app = App(config, clock=clock, extra_guards=[Crash(point)])
     app.add_policy(POLICY)
     conn = bank(directory / "bank.db")
@@ -101,10 +102,10 @@ def build(directory: Path, mode: str, point: str, clock: FrozenClock | None) -> 
 
 
 def main() -> None:
-    directory, mode, point = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
-    resume = len(sys.argv) > 4
+    directory, store_url, mode, point = Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+    resume = len(sys.argv) > 5
     clock = FrozenClock(_dt.datetime.now(_dt.UTC) + _dt.timedelta(hours=1)) if resume else None
-    app = build(directory, mode, "never" if resume else point, clock)
+    app = build(directory, store_url, mode, "never" if resume else point, clock)
     if not resume:
         app.runtime.submit("payout", 100, run_id="run-1")
     print(app.runtime.worker().drain())

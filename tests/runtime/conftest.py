@@ -23,9 +23,9 @@ def clock() -> FrozenClock:
 
 
 @pytest.fixture
-def app(tmp_path: Path, clock: FrozenClock) -> Iterator[App]:
+def app(tmp_path: Path, store_url: str, clock: FrozenClock) -> Iterator[App]:
     config = KeelConfig(
-        store_url=f"sqlite:///{tmp_path / 'keel.db'}",
+        store_url=store_url,
         home=tmp_path / "home",
         models={"prices": {"scripted:*": {"input": "1", "output": "1"}}},
     )

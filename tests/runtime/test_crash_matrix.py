@@ -18,9 +18,11 @@ SCRIPT = Path(__file__).with_name("_crash_app.py")
 POINTS = ["after_started", "in_tool", "after_record", "after_journal", "never"]
 
 
-def run(directory: Path, mode: str, point: str, *resume: str) -> subprocess.CompletedProcess[str]:
+def run(
+    directory: Path, store_url: str, mode: str, point: str, *resume: str
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, str(SCRIPT), str(directory), mode, point, *resume],
+        [sys.executable, str(SCRIPT), str(directory), store_url, mode, point, *resume],
         capture_output=True,
         text=True,
         timeout=120,
@@ -29,14 +31,15 @@ def run(directory: Path, mode: str, point: str, *resume: str) -> subprocess.Comp
 
 
 def effects(directory: Path, kind: str) -> int:
+    """How often the bank (its own SQLite database, whatever Keel's store) saw ``kind``."""
     conn = sqlite3.connect(directory / "bank.db")
     (count,) = conn.execute("SELECT COUNT(*) FROM effects WHERE kind = ?", (kind,)).fetchone()
     conn.close()
     return int(count)
 
 
-def status(directory: Path) -> str:
-    with open_store(f"sqlite:///{directory / 'keel.db'}") as store:
+def status(store_url: str) -> str:
+    with open_store(store_url) as store:
         row = store.read_one("SELECT status FROM runs WHERE run_id = 'run-1'")
     assert row is not None
     return str(row[0])
@@ -44,15 +47,17 @@ def status(directory: Path) -> str:
 
 @pytest.mark.parametrize("mode", ["keys", "hook", "none"])
 @pytest.mark.parametrize("point", POINTS)
-def test_recovery_never_repeats_an_effect(tmp_path: Path, mode: str, point: str) -> None:
-    first = run(tmp_path, mode, point)
+def test_recovery_never_repeats_an_effect(
+    tmp_path: Path, store_url: str, mode: str, point: str
+) -> None:
+    first = run(tmp_path, store_url, mode, point)
     if point == "never":
         assert first.returncode == 0, first.stderr
     else:
         assert first.returncode == 137, first.stdout + first.stderr
-        second = run(tmp_path, mode, point, "resume")
+        second = run(tmp_path, store_url, mode, point, "resume")
         assert second.returncode == 0, second.stderr
-    final = status(tmp_path)
+    final = status(store_url)
     transfers = effects(tmp_path, "transfer")
     assert transfers <= 1, f"the money moved {transfers} times"
     if mode == "none" and point == "in_tool":
@@ -63,7 +68,7 @@ def test_recovery_never_repeats_an_effect(tmp_path: Path, mode: str, point: str)
         assert final == "completed"
         assert transfers == 1
         assert effects(tmp_path, "notify") == 1
-    config = KeelConfig(store_url=f"sqlite:///{tmp_path / 'keel.db'}", home=tmp_path / "home")
+    config = KeelConfig(store_url=store_url, home=tmp_path / "home")
     with App(config) as app:
         report = app.verify_audit()
         assert report.ok, report.problem

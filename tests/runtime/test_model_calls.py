@@ -48,10 +48,8 @@ def ask(text: str, **extra: object) -> dict[str, object]:
 
 
 @pytest.fixture
-def app(tmp_path: Path) -> Iterator[App]:
-    config = KeelConfig(
-        store_url=f"sqlite:///{tmp_path / 'k.db'}", home=tmp_path / "home", models=MODELS
-    )
+def app(tmp_path: Path, store_url: str) -> Iterator[App]:
+    config = KeelConfig(store_url=store_url, home=tmp_path / "home", models=MODELS)
     with App(config, clock=FrozenClock()) as keel_app:
         keel_app.add_policy(POLICY)
         yield keel_app

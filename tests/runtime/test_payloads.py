@@ -34,8 +34,8 @@ SECRET = "card 4111-1111-1111-1111 cvv 123"
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    with open_store(f"sqlite:///{tmp_path / 'k.db'}") as s:
+def store(store_url: str) -> Iterator[Store]:
+    with open_store(store_url) as s:
         yield s
 
 

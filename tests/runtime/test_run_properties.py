@@ -26,6 +26,7 @@ import itertools
 import json
 import tempfile
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -106,8 +107,8 @@ class World:
         return invoke
 
 
-def build(directory: Path, clock: FrozenClock, world: World) -> App:
-    config = KeelConfig(store_url=f"sqlite:///{directory / 'keel.db'}", home=directory / "home")
+def build(directory: Path, store_url: str, clock: FrozenClock, world: World) -> App:
+    config = KeelConfig(store_url=store_url, home=directory / "home")
     app = App(config, clock=clock)
     app.add_policy(POLICY)
     for name, effect, keyed in (
@@ -269,18 +270,35 @@ def check_transitions(app: App, run_id: str, retries: int) -> list[tuple[str | N
     return edges
 
 
-@settings(
-    max_examples=30,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
-@given(programs=programs, ops=st.lists(operation, max_size=18))
+#: Examples per backend: PostgreSQL costs more per example (connections, round trips).
+EXAMPLES = {"sqlite": 30, "postgres": 20}
+
+
 def test_the_run_state_machine_holds_under_any_interleaving(
-    programs: list[list[tuple[Any, ...]]], ops: list[tuple[str, int]]
+    backend: str, example_store_url: Callable[[], str]
+) -> None:
+    @settings(
+        max_examples=EXAMPLES[backend],
+        deadline=None,
+        suppress_health_check=[
+            HealthCheck.too_slow,
+            HealthCheck.data_too_large,
+            HealthCheck.function_scoped_fixture,
+        ],
+    )
+    @given(programs=programs, ops=st.lists(operation, max_size=18))
+    def check(programs: list[list[tuple[Any, ...]]], ops: list[tuple[str, int]]) -> None:
+        run_interleaving(example_store_url(), programs, ops)
+
+    check()
+
+
+def run_interleaving(
+    store_url: str, programs: list[list[tuple[Any, ...]]], ops: list[tuple[str, int]]
 ) -> None:
     world = World()
     clock = FrozenClock()
-    with tempfile.TemporaryDirectory() as tmp, build(Path(tmp), clock, world) as app:
+    with tempfile.TemporaryDirectory() as tmp, build(Path(tmp), store_url, clock, world) as app:
         submitted = clock.now()
         runs = [app.runtime.submit("prop", [list(s) for s in p]).run_id for p in programs]
         driver = Driver(app, clock, world, runs)
@@ -321,11 +339,11 @@ require_approval_if_over: {bank.transfer: 1000}
 
 
 def golden_app(
-    directory: Path, clock: FrozenClock, *, amount_field: str = "amount"
+    directory: Path, store_url: str, clock: FrozenClock, *, amount_field: str = "amount"
 ) -> tuple[App, ScriptedModel]:
     """The workflow code the golden history was recorded with (``amount_field`` changes it)."""
     config = KeelConfig(
-        store_url=f"sqlite:///{directory / 'keel.db'}",
+        store_url=store_url,
         home=directory / "home",
         models={"prices": {"scripted:*": {"input": "1", "output": "1"}}},
     )
@@ -395,8 +413,8 @@ def load_golden(app: App) -> dict[str, Any]:
     return history
 
 
-def test_replaying_the_golden_history_executes_nothing(tmp_path: Path) -> None:
-    app, model = golden_app(tmp_path, FrozenClock())
+def test_replaying_the_golden_history_executes_nothing(tmp_path: Path, store_url: str) -> None:
+    app, model = golden_app(tmp_path, store_url, FrozenClock())
     with app:
         history = load_golden(app)
         run_id = history["run"]["run_id"]
@@ -412,8 +430,8 @@ def test_replaying_the_golden_history_executes_nothing(tmp_path: Path) -> None:
         assert app.verify_audit().ok
 
 
-def test_the_golden_history_detects_changed_workflow_code(tmp_path: Path) -> None:
-    app, _ = golden_app(tmp_path, FrozenClock(), amount_field="usd")
+def test_the_golden_history_detects_changed_workflow_code(tmp_path: Path, store_url: str) -> None:
+    app, _ = golden_app(tmp_path, store_url, FrozenClock(), amount_field="usd")
     with app:
         history = load_golden(app)
         run_id = history["run"]["run_id"]

@@ -1,63 +1,31 @@
 """The PostgreSQL store: the same contract as the SQLite one, on a real server.
 
-Needs a server at ``KEEL_TEST_POSTGRES_URL`` (default ``postgresql://postgres@127.0.0.1:5432/test``);
-skipped with the reason when psycopg is missing or the server is unreachable. Each test runs in a
-fresh schema of its own (``search_path`` in the URL), dropped afterwards.
+PostgreSQL-only by nature. The server comes from the shared fixtures (tests/conftest.py:
+``KEEL_TEST_POSTGRES_URL``, skipped with the reason when unreachable, a failure instead under
+``KEEL_REQUIRE_POSTGRES=1``). Each test that needs it runs in a fresh schema of its own
+(``search_path`` in the URL), dropped afterwards.
 """
 
 from __future__ import annotations
 
 import multiprocessing
-import os
 import threading
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import quote
 
 import pytest
 
 from keel.errors import ConfigError, SchemaVersionError, StoreError
 from keel.store import SCHEMA_VERSION
+from keel.store.postgres import PostgresStore, translate
 
-psycopg = pytest.importorskip("psycopg", reason="psycopg 3 is not installed (keel[postgres])")
-
-from keel.store.postgres import PostgresStore, translate  # noqa: E402
-
-pytestmark = pytest.mark.postgres
-
-BASE_URL = os.environ.get("KEEL_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
-
-
-def _reachable() -> str | None:
-    try:
-        with psycopg.connect(BASE_URL, connect_timeout=3) as conn:
-            conn.execute("SELECT 1")
-    except psycopg.Error as exc:
-        return f"PostgreSQL not reachable at {BASE_URL} (set KEEL_TEST_POSTGRES_URL): {exc}"
-    return None
-
-
-_UNREACHABLE = _reachable()
-
-
-def _with_schema(url: str, schema: str) -> str:
-    options = quote(f"-c search_path={schema}")
-    return f"{url}{'&' if '?' in url else '?'}options={options}"
+#: Runs the test on the PostgreSQL backend only (the shared ``backend`` fixture, one param).
+on_postgres = pytest.mark.parametrize("backend", ["postgres"], indirect=True)
 
 
 @pytest.fixture
-def pg_url() -> Iterator[str]:
-    if _UNREACHABLE:
-        pytest.skip(_UNREACHABLE)
-    schema = f"test_{uuid.uuid4().hex}"
-    with psycopg.connect(BASE_URL, autocommit=True) as admin:
-        admin.execute(f'CREATE SCHEMA "{schema}"')
-    try:
-        yield _with_schema(BASE_URL, schema)
-    finally:
-        with psycopg.connect(BASE_URL, autocommit=True) as admin:
-            admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
+def pg_url(store_url: str) -> str:
+    """A fresh, empty schema on the test server (``backend`` is postgres here)."""
+    return store_url
 
 
 def test_translate_placeholders_and_percent() -> None:
@@ -71,6 +39,7 @@ def test_translate_placeholders_and_percent() -> None:
     assert translate("SELECT 'it''s ?' , ? % 2") == "SELECT 'it''s ?' , %s %% 2"
 
 
+@on_postgres
 def test_migrate_applies_every_migration_and_reports_version(pg_url: str) -> None:
     with PostgresStore(pg_url) as store:
         assert store.dialect == "postgresql"
@@ -90,6 +59,7 @@ def test_migrate_applies_every_migration_and_reports_version(pg_url: str) -> Non
         assert store.schema_version() == SCHEMA_VERSION
 
 
+@on_postgres
 def test_newer_schema_is_refused_with_a_clear_message(pg_url: str) -> None:
     with PostgresStore(pg_url) as store, store.write() as tx:
         tx.execute(
@@ -101,12 +71,14 @@ def test_newer_schema_is_refused_with_a_clear_message(pg_url: str) -> None:
     assert info.value.context["found"] == SCHEMA_VERSION + 5
 
 
+@on_postgres
 def test_old_schema_without_migrate_is_refused(pg_url: str) -> None:
     with pytest.raises(SchemaVersionError) as info:
         PostgresStore(pg_url, migrate=False)
     assert "keel db migrate" in info.value.message
 
 
+@on_postgres
 def test_write_read_round_trip_with_placeholders(pg_url: str) -> None:
     with PostgresStore(pg_url) as store:
         with store.write() as tx:
@@ -122,12 +94,14 @@ def test_write_read_round_trip_with_placeholders(pg_url: str) -> None:
             assert list(tx.iterate("SELECT k FROM t ORDER BY k", batch=1)) == [("a",), ("b",)]
 
 
+@on_postgres
 def test_iterate_streams_large_results(pg_url: str) -> None:
     with PostgresStore(pg_url) as store, store.read() as tx:
         rows = tx.iterate("SELECT g FROM generate_series(1, ?) AS g", (2500,), batch=1000)
         assert sum(r[0] for r in rows) == 2500 * 2501 // 2
 
 
+@on_postgres
 def test_blob_round_trip(pg_url: str) -> None:
     data = bytes(range(256)) * 40
     with PostgresStore(pg_url) as store:
@@ -143,6 +117,7 @@ def test_blob_round_trip(pg_url: str) -> None:
     assert row[1] == len(data)
 
 
+@on_postgres
 def test_rollback_on_error(pg_url: str) -> None:
     with PostgresStore(pg_url) as store:
         with store.write() as tx:
@@ -175,11 +150,13 @@ def test_rollback_on_error(pg_url: str) -> None:
         assert store.read_one("SELECT n FROM t") == (3,)
 
 
+@on_postgres
 def test_read_transactions_are_read_only(pg_url: str) -> None:
     with PostgresStore(pg_url) as store, pytest.raises(StoreError), store.read() as tx:
         tx.execute("CREATE TABLE t (n INTEGER)")
 
 
+@on_postgres
 def test_write_transactions_are_atomic_across_threads(pg_url: str) -> None:
     """Read-modify-write inside write() never loses an update (advisory write lock)."""
     with PostgresStore(pg_url, max_size=4) as store:
@@ -217,6 +194,7 @@ def _bump_in_process(url: str, times: int) -> None:
                 tx.execute("UPDATE counter SET n = ?", (row[0] + 1,))
 
 
+@on_postgres
 def test_write_transactions_are_atomic_across_processes(pg_url: str) -> None:
     with PostgresStore(pg_url) as store:
         with store.write() as tx:
@@ -232,13 +210,15 @@ def test_write_transactions_are_atomic_across_processes(pg_url: str) -> None:
         assert store.read_one("SELECT n FROM counter") == (200,)
 
 
-def test_bad_urls_are_config_errors() -> None:
+@on_postgres
+def test_bad_urls_are_config_errors(backend: str) -> None:
     for url in ("mysql://x/y", "postgresql://host:notaport/db?bogus_option=1"):
         with pytest.raises(ConfigError):
             PostgresStore(url)
 
 
-def test_unreachable_server_is_a_config_error_that_says_what_to_check() -> None:
+@on_postgres
+def test_unreachable_server_is_a_config_error_that_says_what_to_check(backend: str) -> None:
     with pytest.raises(ConfigError) as info:
         PostgresStore("postgresql://nobody:secret@127.0.0.1:1/none?connect_timeout=2")
     assert "cannot connect to PostgreSQL" in info.value.message
@@ -246,6 +226,7 @@ def test_unreachable_server_is_a_config_error_that_says_what_to_check() -> None:
     assert "running and reachable" in info.value.message
 
 
+@on_postgres
 def test_a_keel_app_runs_on_postgresql(pg_url: str, tmp_path: Path) -> None:
     """open_store picks the backend from the URL; governed calls, the ledger and the audit chain
     work on PostgreSQL unchanged (50 concurrent $10 calls on a $100 cap: exactly 10)."""

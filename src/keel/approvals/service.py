@@ -52,7 +52,7 @@ from keel.audit import AuditEntry, AuditLog
 from keel.canonical import canonical_json, digest
 from keel.core import Call, Clock, Verdict, new_id
 from keel.errors import AuthorizationError, ConfigError, InvalidRequestError, UsageError
-from keel.store import Store, Transaction
+from keel.store import RUNS_CHANNEL, Store, Transaction
 
 __all__ = ["Approvals"]
 
@@ -205,6 +205,7 @@ class Approvals:
         Raises like ``claim`` otherwise; the caller's transaction then rolls back.
         """
         now = self._clock.now()
+        tx.lock(_lock_name(approval_id))  # the record transaction may be a keyed one
         request = self._load(tx, approval_id, call.principal.tenant)
         self._check_usable(request, call, now, verdict=None, claimed=True)
         event = ApprovalEvent("use", now, call.principal.agent_id, detail={"call_id": call.call_id})
@@ -217,6 +218,7 @@ class Approvals:
         the same call may use the approval while it is valid. Does nothing (returns None) unless
         ``call`` holds the claim. Never raises for the request's state.
         """
+        tx.lock(_lock_name(approval_id))
         row = tx.fetchone(f"{_SELECT} WHERE approval_id = ?", (approval_id,))
         if row is None:
             return None
@@ -518,6 +520,8 @@ class Approvals:
             ),
         )
         self._audit.append(tx, self._entry(changed, event))
+        if changed.status in ("approved", "denied", "expired") and request.status != changed.status:
+            tx.notify(RUNS_CHANNEL)  # a run waiting on this request may go on: wake workers
         return changed
 
     @staticmethod
@@ -720,3 +724,8 @@ def _refused_entry(
         rule_id=f"approval:{refusal.code}",
         body={**body, "status": request.status},
     )
+
+
+def _lock_name(approval_id: str) -> str:
+    """The store lock that serializes changes of one approval in keyed transactions."""
+    return f"approval:{approval_id}"

@@ -157,16 +157,33 @@ def unkill(
 @db_app.command("status")
 @handle_errors
 def db_status(config: Path | None = ConfigOption, store: str | None = StoreOption) -> None:
-    """Show the store URL and its schema version."""
+    """Show the store (password hidden), its backend, schema version and pending migrations."""
+    from keel.errors import SchemaVersionError
     from keel.store import SCHEMA_VERSION, open_store
+    from keel.store._schema import MIGRATIONS
 
     cfg = resolve_config(config, store)
-    with open_store(cfg.store_url, migrate=False) as s:
-        console.print(
-            json.dumps(
-                {"store": cfg.store_url, "schema": s.schema_version(), "latest": SCHEMA_VERSION}
-            )
+    try:
+        with open_store(cfg.store_url, migrate=False) as s:
+            url, backend, version = s.display_url, s.dialect, s.schema_version()
+    except SchemaVersionError as exc:
+        if exc.context.get("found", 0) > SCHEMA_VERSION:
+            raise
+        url, backend = str(exc.context.get("url", "")), cfg.store_url.split(":", 1)[0]
+        version = int(exc.context.get("found", 0))
+    pending = [number for number, _name, _sql in MIGRATIONS if number > version]
+    console.print_json(
+        json.dumps(
+            {
+                "store": url,
+                "backend": backend,
+                "schema": version,
+                "latest": SCHEMA_VERSION,
+                "pending": pending,
+                "up_to_date": not pending,
+            }
         )
+    )
 
 
 @db_app.command("migrate")
@@ -177,7 +194,7 @@ def db_migrate(config: Path | None = ConfigOption, store: str | None = StoreOpti
 
     cfg = resolve_config(config, store)
     with open_store(cfg.store_url, migrate=True) as s:
-        console.print(f"schema version {s.schema_version()}")
+        console.print(f"{s.display_url}: schema version {s.schema_version()}", soft_wrap=True)
 
 
 def main() -> None:

@@ -36,6 +36,7 @@ class ApprovalGuard(Guard):
     """
 
     name = "approval"
+    keyed_safe = True  # consume/release lock the approval's name before reading it
 
     def __init__(self, approvals: Approvals, redact: Callable[[Any], Any]) -> None:
         self._approvals = approvals

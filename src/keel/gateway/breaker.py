@@ -195,6 +195,7 @@ class CircuitBreakerGuard(Guard):
     """
 
     name = "circuit_breaker"
+    keyed_safe = True  # its state lives in memory; nothing is written in the transaction
 
     def __init__(
         self,

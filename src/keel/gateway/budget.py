@@ -9,6 +9,7 @@ Crossing a burn-alert fraction of a cap turns an ``allow`` into ``require_approv
 from __future__ import annotations
 
 import threading
+from decimal import Decimal
 from typing import Literal, Protocol
 
 from keel.core import Cost, Principal, Verdict
@@ -109,6 +110,7 @@ class LedgerGuard(Guard):
     """Reserve the worst case before the call; settle the actual cost after; fail closed."""
 
     name = "budget"
+    keyed_safe = True  # settle/release are conditional single-statement updates
 
     def __init__(self, ledger: Ledger, converted: LimitsCache) -> None:
         self._ledger = ledger
@@ -148,12 +150,29 @@ class LedgerGuard(Guard):
     def after(self, ctx: CallContext, tx: Transaction) -> None:
         if ctx.reservation is None:
             return
-        if ctx.error is not None:
-            self._ledger.release(ctx.reservation, tx=tx)
-        else:
+        if ctx.error is None:
             cost = ctx.cost
             self._ledger.settle(ctx.reservation, cost.usd, cost.tokens, tx=tx)
+        elif _may_have_run(ctx):
+            # A timeout or a 5xx from a tool that changes the world proves nothing: the effect
+            # (and its cost) may have happened. Keep the hold as spent; never hand it back.
+            held = Decimal(str(ctx.notes.get("reserved_usd", "0")))
+            self._ledger.settle(ctx.reservation, held, 0, tx=tx)
+            ctx.notes["spent_on_unknown_outcome"] = str(held)
+        else:
+            self._ledger.release(ctx.reservation, tx=tx)
 
     def abort(self, ctx: CallContext, tx: Transaction) -> None:
         if ctx.reservation is not None:
             self._ledger.release(ctx.reservation, tx=tx)
+
+
+def _may_have_run(ctx: CallContext) -> bool:
+    """Whether a failed call may still have had its effect (and cost): not for tools that only
+    read, nor when the adapter proved the request never left (``context["executed"] is False``)."""
+    tool = ctx.tool
+    if tool is None or tool.spec.effect == "read":
+        return False
+    error = ctx.error
+    context = getattr(error, "context", None)
+    return not (isinstance(context, dict) and context.get("executed") is False)

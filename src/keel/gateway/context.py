@@ -45,7 +45,8 @@ class CallResult:
     returned a recorded outcome without executing. ``shadow`` is True when policy said to record
     the call and execute nothing (then ``value`` is None). ``cached`` is True when a model
     response came from the response cache (it cost nothing). ``cost`` is what the call cost.
-    ``record_seq`` is the audit sequence number of the record that describes this call.
+    ``record_seq`` is the audit sequence number of the record that describes this call, in the
+    audit chain ``record_chain``.
     """
 
     call_id: str
@@ -58,6 +59,7 @@ class CallResult:
     cost: Cost = ZERO_COST
     record_seq: int | None = None
     latency_ms: float = 0.0
+    record_chain: str | None = None
 
 
 class CallContext:

@@ -64,6 +64,12 @@ class Gateway:
         self._needs_after = frozenset(g for g in self._guards if type(g).after is not base_after)
         self._needs_abort = frozenset(g for g in self._guards if type(g).abort is not base_abort)
         self._needs_done = tuple(g for g in self._guards if type(g).done is not base_done)
+        # The record transaction is keyed (runs beside other replicas' records, see
+        # keel.store.base) when every guard writing in it is safe there; else exclusive.
+        writers = self._needs_after | self._needs_abort
+        self._record_locks: tuple[str, ...] | None = (
+            () if all(type(g).keyed_safe for g in writers) else None
+        )
 
     @property
     def guards(self) -> tuple[Guard, ...]:
@@ -140,7 +146,7 @@ class Gateway:
         body["error"] = {"code": error.code, "message": error.message}
         entry = self._entry(ctx, "decision", verdict, body)
         try:
-            with self._store.write() as tx:
+            with self._store.write(locks=self._record_locks) as tx:
                 for guard in reversed(ran):
                     if guard in self._needs_abort:
                         guard.abort(ctx, tx)
@@ -149,6 +155,7 @@ class Gateway:
             self._done(ctx, ran)
         self._audit.flush()
         error.context.setdefault("record_seq", record.seq)
+        error.context.setdefault("record_chain", record.chain)
         error.context.setdefault("rule_id", verdict.rule_id)
 
     def _finish(self, ctx: CallContext, ran: list[Guard]) -> CallResult:
@@ -192,7 +199,7 @@ class Gateway:
                 }
         entry = self._entry(ctx, kind, verdict, body)
         try:
-            with self._store.write() as tx:
+            with self._store.write(locks=self._record_locks) as tx:
                 for guard in reversed(ran):
                     if guard in self._needs_after:
                         guard.after(ctx, tx)
@@ -206,7 +213,11 @@ class Gateway:
                     str(replay.get("message", "the recorded call failed")),
                     code=str(replay.get("error", "tool_error")),
                     retryable=False,
-                    context={"replayed": True, "record_seq": record.seq},
+                    context={
+                        "replayed": True,
+                        "record_seq": record.seq,
+                        "record_chain": record.chain,
+                    },
                 )
             return CallResult(
                 call_id=ctx.call.call_id,
@@ -217,11 +228,13 @@ class Gateway:
                 cached=bool(replay.get("cached", False)),
                 record_seq=record.seq,
                 latency_ms=latency_ms,
+                record_chain=record.chain,
             )
         if ctx.error is not None:
             error = ctx.error
             if isinstance(error, KeelError):
                 error.context.setdefault("record_seq", record.seq)
+                error.context.setdefault("record_chain", record.chain)
             raise error
         return CallResult(
             call_id=ctx.call.call_id,
@@ -232,6 +245,7 @@ class Gateway:
             cost=ctx.cost,
             record_seq=record.seq,
             latency_ms=latency_ms,
+            record_chain=record.chain,
         )
 
     def _done(self, ctx: CallContext, ran: list[Guard]) -> None:

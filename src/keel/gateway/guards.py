@@ -11,7 +11,7 @@ thread-safe and must not block for long.
 from __future__ import annotations
 
 import datetime as _dt
-from typing import Literal, Protocol
+from typing import ClassVar, Literal, Protocol
 
 from keel.canonical import canonical_json, check_depth, sha256_hex
 from keel.core import Call, Clock, Effect, Principal, Verdict
@@ -67,6 +67,12 @@ class Guard:
     """Base class: a guard that passes everything. Override what the concern needs."""
 
     name = "guard"
+
+    #: True when ``after``/``abort`` are safe in a *keyed* store transaction (see
+    #: ``keel.store.base``): each check-and-change they make is one atomic statement or holds a
+    #: lock name it takes with ``tx.lock``. The gateway records a call in a keyed transaction
+    #: only when every guard that writes in it says so; otherwise in an exclusive one.
+    keyed_safe: ClassVar[bool] = False
 
     def before(self, ctx: CallContext) -> None:
         """Check or prepare the call; raise a KeelError to stop it."""
@@ -208,6 +214,7 @@ class IdempotencyGuard(Guard):
     """
 
     name = "idempotency"
+    keyed_safe = True  # complete/release/store: one statement each, on this call's own key
 
     def __init__(self, keys: IdempotencyKeys, clock: Clock) -> None:
         self._keys = keys
@@ -259,12 +266,18 @@ class IdempotencyGuard(Guard):
             value_json = ctx.result_json or canonical_json(ctx.result)
             outcome = f'{{"call_id":{canonical_json(call.call_id)},"ok":true,"value":{value_json}}}'
         else:
+            retryable = bool(getattr(error, "retryable", False))
+            if ctx.claimed and not _proves_not_run(error):
+                # A claimed key belongs to a tool that changes the world and ignores keys: after
+                # a timeout or a 5xx the effect may have happened, so the same key must not run
+                # it again. The failure is replayed as final; reconciliation settles the truth.
+                retryable = False
             outcome = canonical_json(
                 {
                     "ok": False,
                     "error": getattr(error, "code", "tool_error"),
                     "message": str(error),
-                    "retryable": bool(getattr(error, "retryable", False)),
+                    "retryable": retryable,
                     "call_id": call.call_id,
                 }
             )
@@ -304,6 +317,7 @@ class ResponseCacheGuard(Guard):
     """
 
     name = "cache"
+    keyed_safe = True  # writes nothing in the record transaction
 
     def __init__(self, cache: ResponseCache) -> None:
         self._cache = cache
@@ -332,3 +346,9 @@ class ResponseCacheGuard(Guard):
                 ModelRequest.from_dict(ctx.call.arguments),
                 ModelResponse.from_dict(ctx.result),
             )
+
+
+def _proves_not_run(error: BaseException) -> bool:
+    """The adapter proved the request never reached the system (``context["executed"]``)."""
+    context = getattr(error, "context", None)
+    return isinstance(context, dict) and context.get("executed") is False

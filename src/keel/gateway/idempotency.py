@@ -123,7 +123,9 @@ class IdempotencyKeys:
         """Claim ``key`` for a new execution (returns None) or return the recorded outcome."""
         _check_key(key)
         now_s = now.isoformat()
-        with self._store.write() as tx:
+        # Read-then-claim under the key's own lock: two claimers of one key take turns, while
+        # claims of different keys (and every other keyed writer) run side by side.
+        with self._store.write(locks=(f"idem:{tenant}\x1f{key}",)) as tx:
             row = tx.fetchone(
                 "SELECT fingerprint, status, outcome, expires_at, created_at FROM idempotency_keys "
                 "WHERE tenant = ? AND idem_key = ?",

@@ -52,7 +52,13 @@ from typing import Any, Final, Literal, NoReturn
 
 from keel.canonical import canonical_json
 from keel.core import Clock, new_id
-from keel.errors import BudgetExceeded, InternalError, InvalidRequestError, UsageError
+from keel.errors import (
+    BudgetExceeded,
+    InternalError,
+    InvalidRequestError,
+    StoreError,
+    UsageError,
+)
 from keel.ledger import _sql
 from keel.ledger._money import (
     COUNTER_CEILING,
@@ -212,13 +218,13 @@ class Ledger:
             return reservation
         self._maybe_sweep(plan.created)
         try:
-            with self._store.write() as wtx:
+            with self._store.write(locks=()) as wtx:
                 return self._reserve_in(wtx, plan)
         except BudgetExceeded:
             # Stale holds may be what blocks this call: release them and try once more.
             if not self.expire_stale(plan.created):
                 raise
-        with self._store.write() as wtx:
+        with self._store.write(locks=()) as wtx:
             return self._reserve_in(wtx, plan)
 
     def _plan(self, request: ReservationRequest) -> _Plan:
@@ -437,8 +443,12 @@ class Ledger:
         spent = (0, 0, 0) if row is None else (row[8], row[11], row[14])
         held = (0, 0, 0) if row is None else (row[9], row[12], row[15])
         failed = _first_excess(charge, *(s + h for s, h in zip(spent, held, strict=True)))
-        if failed is None:  # pragma: no cover - only called for a charge that does not fit
-            raise InternalError("the ledger refused a charge that fits; the call is denied")
+        if failed is None:  # another writer gave budget back between the charge and this read
+            raise StoreError(
+                "the budget counters changed while this call was being charged; retry the call",
+                retryable=True,
+                context={"cap": cap.id, "tenant": request.tenant, "call_id": request.call_id},
+            )
         index = _DIMS.index(failed)
         limit = (cap.limit_usd_micros, cap.limit_tokens, cap.limit_calls)[index]
         raise self._exceeded(
@@ -516,7 +526,7 @@ class Ledger:
         tokens = units(actual_tokens, "actual_tokens")
         if tx is not None:
             return self._settle_in(tx, reservation_id, usd, tokens)
-        with self._store.write() as wtx:
+        with self._store.write(locks=()) as wtx:
             return self._settle_in(wtx, reservation_id, usd, tokens)
 
     def _settle_in(self, tx: Transaction, rid: str, usd: int, tokens: int) -> Settlement:
@@ -558,7 +568,7 @@ class Ledger:
         """
         if tx is not None:
             return self._release_in(tx, reservation_id)
-        with self._store.write() as wtx:
+        with self._store.write(locks=()) as wtx:
             return self._release_in(wtx, reservation_id)
 
     def _release_in(self, tx: Transaction, rid: str) -> Settlement:
@@ -615,11 +625,11 @@ class Ledger:
             return []
         expired: list[ExpiredReservation] = []
         while True:
-            with self._store.write() as tx:
+            with self._store.write(locks=()) as tx:
                 ids = [r[0] for r in tx.fetchall(_sql.FIND_STALE, (now_s, self._sweep_batch))]
                 for rid in ids:
                     row = tx.fetchone(_sql.EXPIRE_ONE, (now_s, now_s, rid))
-                    if row is None:  # pragma: no cover - ids were read under the write lock
+                    if row is None:  # another process expired or settled it meanwhile
                         continue
                     charges_json, tenant, call_id, usd, tokens, expires_at = row
                     self._give_back(tx, tenant, charges_json, now_s)

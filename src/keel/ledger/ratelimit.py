@@ -321,7 +321,7 @@ class RateLimiter:
                 self._check_fast(bucket, capacity, rate, cost, now_ms)
             rows.append((*bucket.ident, capacity, rate, full_after, capacity - cost, now_ms, cost))
         rows.sort()  # one lock order
-        with self._store.write() as tx:
+        with self._store.write(locks=()) as tx:  # one conditional upsert: atomic
             returned = tx.fetchall(_take_sql(len(rows)), [v for row in rows for v in row])
             if len(returned) == len(rows):
                 self._remember(keys, returned)

@@ -42,12 +42,14 @@ from keel.errors import (
     KillSwitchEngaged,
     ModelError,
     RateLimited,
+    StoreError,
     UsageError,
 )
 from keel.gateway import CallRequest
 from keel.runtime.journal import JournalEntry, RunRecord, RunStore
 from keel.runtime.models import ModelOutcome
 from keel.runtime.retry import RetryPolicy
+from keel.store import RUNS_CHANNEL
 from keel.tools import ToolContext
 
 if TYPE_CHECKING:
@@ -725,15 +727,56 @@ class Worker:
             executed += 1
         return outcomes
 
+    #: Longest idle sleep when the store delivers wake-ups (PostgreSQL ``LISTEN``): a worker
+    #: still looks this often, for timers, expired leases and decided approvals.
+    IDLE_MAX = 5.0
+
     def serve(self, *, poll: float = 0.2, idle_exit: float | None = None) -> None:
-        """Run until ``stop`` is set (or idle for ``idle_exit`` seconds)."""
-        idle = 0.0
+        """Run until ``stop`` is set (or idle for ``idle_exit`` seconds).
+
+        Idle, the worker sleeps until the store signals a runnable run (``RUNS_CHANNEL``), the
+        next timer or lease expiry is due, or ``stop`` is set. On PostgreSQL the signal comes
+        from any process (``LISTEN/NOTIFY``), so an idle worker sleeps up to ``IDLE_MAX``; on
+        SQLite only from this process, so it also looks every ``poll`` seconds.
+        """
+        store = self.runtime.app.store
+        listens = store.dialect == "postgresql"
+        clock = self.runtime.clock
+        idle_since: float | None = None
+        backoff = 0.1
         while not self.stop.is_set():
-            self._maybe_reconcile()
-            if self.run_once() is None:
-                if idle_exit is not None and idle >= idle_exit:
-                    return
-                self.stop.wait(poll)
-                idle += poll
-            else:
-                idle = 0.0
+            try:
+                self._maybe_reconcile()
+                seen = store.generation(RUNS_CHANNEL)  # before the claim: none falls between
+                ran = self.run_once()
+            except StoreError as exc:
+                if not exc.retryable:
+                    raise
+                # The database is restarting or unreachable: a run this worker held keeps its
+                # lease until it lapses, then any worker resumes it from its journal.
+                log.warning("worker %s: store unavailable (%s); retrying", self.worker_id, exc)
+                self.stop.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            backoff = 0.1
+            if ran is not None:
+                idle_since = None
+                continue
+            now = clock.monotonic()
+            idle_since = now if idle_since is None else idle_since
+            if idle_exit is not None and now - idle_since >= idle_exit:
+                return
+            sleep = self.IDLE_MAX if listens else poll
+            due = self.runtime.runs.next_due()
+            if due is not None:
+                sleep = min(sleep, due + 0.01)
+            if self.reconcile_every > 0:
+                sleep = min(sleep, self.reconcile_every)
+            if idle_exit is not None:
+                sleep = min(sleep, max(0.0, idle_exit - (now - idle_since)))
+            deadline = clock.monotonic() + max(sleep, 0.01)
+            # In slices, to notice ``stop`` soon; the slices wait on memory, not the database.
+            while not self.stop.is_set():
+                left = deadline - clock.monotonic()
+                if left <= 0 or store.wait(RUNS_CHANNEL, min(left, 0.25), since=seen):
+                    break

@@ -8,6 +8,17 @@ audit log in the same transaction.
 The journal holds one row per step: ``started`` is written (and committed) before an effectful
 step runs, so a crash leaves proof that it may have happened; ``succeeded`` / ``failed`` with the
 outcome after; ``waiting_approval`` / ``sleeping`` while the run waits.
+
+Concurrency: run rows are changed in keyed store transactions (see ``keel.store.base``), so
+workers on many machines claim and finish runs side by side on PostgreSQL. A claim picks its row
+with ``FOR UPDATE SKIP LOCKED`` (two workers never wait for, or take, the same run); a transition
+reads the row ``FOR UPDATE`` before checking the lease owner. Whatever makes a run runnable
+notifies ``RUNS_CHANNEL`` so that idle workers wake at once instead of polling.
+
+Leases and wake-up times are judged by one clock for every process: on PostgreSQL the database
+server's (``clock_timestamp()``), so a worker whose machine clock is wrong can neither steal a
+live run, nor keep a dead one, nor delay a timer; on SQLite (one machine) the App's clock. An
+App given a clock that is not a ``SystemClock`` (a test's ``FrozenClock``) always uses it.
 """
 
 from __future__ import annotations
@@ -18,9 +29,9 @@ from typing import Any, Final, Literal
 
 from keel.audit import AuditEntry, AuditLog
 from keel.canonical import canonical_json, parse_json
-from keel.core import Clock, new_id
+from keel.core import Clock, SystemClock, new_id
 from keel.errors import InvalidRequestError
-from keel.store import Store, Transaction
+from keel.store import RUNS_CHANNEL, Store, Transaction
 
 __all__ = [
     "FINAL_STATES",
@@ -203,6 +214,18 @@ class RunStore:
         self.store = store
         self.audit = audit
         self.clock = clock
+        pg = store.dialect == "postgresql"
+        self._for_update = " FOR UPDATE" if pg else ""
+        self._skip_locked = " FOR UPDATE SKIP LOCKED" if pg else ""
+        self._db_time = pg and isinstance(clock, SystemClock)
+
+    def _lease_now(self, tx: Transaction) -> _dt.datetime:
+        """Now, by the clock leases are judged by (see the module docstring)."""
+        if self._db_time:
+            row = tx.fetchone("SELECT clock_timestamp()")
+            if row is not None and isinstance(row[0], _dt.datetime):
+                return row[0]
+        return self.clock.now()
 
     # -- runs ------------------------------------------------------------------------------------
 
@@ -220,7 +243,7 @@ class RunStore:
     ) -> RunRecord:
         run_id = run_id or new_id("run_")
         now = _ts(self.clock.now())
-        with self.store.write() as tx:
+        with self.store.write(locks=(f"run:{run_id}",)) as tx:
             if tx.fetchone("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)) is not None:
                 raise InvalidRequestError(
                     f"a run with id {run_id!r} already exists", code="run_exists"
@@ -242,6 +265,7 @@ class RunStore:
                 ),
             )
             self._audit(tx, run_id, workflow, tenant, agent, "submitted", None, "pending", {})
+            tx.notify(RUNS_CHANNEL)
         return self.get(run_id)
 
     def get(self, run_id: str) -> RunRecord:
@@ -279,15 +303,15 @@ class RunStore:
     def claim(self, owner: str, lease: _dt.timedelta) -> RunRecord | None:
         """Take the oldest runnable run: pending, waiting past its wake time, or running with an
         expired lease (its worker died). Returns None when nothing is runnable."""
-        now = self.clock.now()
-        now_s = _ts(now)
-        with self.store.write() as tx:
+        with self.store.write(locks=()) as tx:
+            now = self._lease_now(tx)
+            now_s = _ts(now)
             row = tx.fetchone(
                 "SELECT run_id, status FROM runs WHERE "
                 "(status = 'pending') OR "
                 "(status = 'waiting' AND wake_at IS NOT NULL AND wake_at <= ?) OR "
                 "(status = 'running' AND lease_expires < ?) "
-                "ORDER BY created_at LIMIT 1",
+                "ORDER BY created_at LIMIT 1" + self._skip_locked,
                 (now_s, now_s),
             )
             if row is None:
@@ -309,13 +333,27 @@ class RunStore:
             )
         return self.get(run_id)
 
+    def next_due(self) -> float | None:
+        """Seconds until a run becomes runnable by the clock alone (a timer or a lease running
+        out; 0 if one is already due), or None. Indexed reads; what an idle worker sleeps for.
+        Measured by the lease clock, so a wrong machine clock cannot make a worker spin."""
+        with self.store.read() as tx:
+            now = self._lease_now(tx)
+            timer = tx.fetchone(
+                "SELECT MIN(wake_at) FROM runs WHERE status = 'waiting' AND wake_at IS NOT NULL"
+            )
+            lease = tx.fetchone("SELECT MIN(lease_expires) FROM runs WHERE status = 'running'")
+        due = [_parse_ts(row[0]) for row in (timer, lease) if row is not None and row[0]]
+        soonest = min((d for d in due if d is not None), default=None)
+        return None if soonest is None else max(0.0, (soonest - now).total_seconds())
+
     def heartbeat(self, run_id: str, owner: str, lease: _dt.timedelta) -> bool:
         """Extend the lease; False if this worker no longer holds it."""
-        with self.store.write() as tx:
+        with self.store.write(locks=()) as tx:
             changed = tx.execute(
                 "UPDATE runs SET lease_expires = ? WHERE run_id = ? AND lease_owner = ? "
                 "AND status = 'running'",
-                (_ts(self.clock.now() + lease), run_id, owner),
+                (_ts(self._lease_now(tx) + lease), run_id, owner),
             )
         return changed == 1
 
@@ -331,11 +369,18 @@ class RunStore:
         state: Any = None,
         reason: str = "",
     ) -> bool:
-        """Move a run to ``to`` (only if ``owner`` still holds it, when given). Audited."""
+        """Move a run to ``to`` (only if ``owner`` still holds it, when given). Audited.
+
+        ``wake_at`` is a time by this App's clock; it is stored by the lease clock (the same
+        delay from now), which is what claims compare it with.
+        """
         now = _ts(self.clock.now())
-        with self.store.write() as tx:
+        with self.store.write(locks=()) as tx:
+            if wake_at is not None and self._db_time:
+                wake_at = self._lease_now(tx) + (wake_at - self.clock.now())
             row = tx.fetchone(
-                "SELECT status, lease_owner, workflow, tenant, agent FROM runs WHERE run_id = ?",
+                "SELECT status, lease_owner, workflow, tenant, agent FROM runs WHERE run_id = ?"
+                + self._for_update,
                 (run_id,),
             )
             if row is None:
@@ -361,19 +406,22 @@ class RunStore:
             if error is not None:
                 body["error"] = error
             self._audit(tx, run_id, workflow, tenant, agent, to, before, to, body)
+            if to in ("pending", "waiting") and (to == "pending" or wake_at is not None):
+                tx.notify(RUNS_CHANNEL)
         return True
 
     def wake(self, run_ids: list[str]) -> None:
         """Make waiting runs runnable now (an approval was decided)."""
         if not run_ids:
             return
-        now = _ts(self.clock.now())
-        with self.store.write() as tx:
-            for run_id in run_ids:
+        with self.store.write(locks=()) as tx:
+            now = _ts(self._lease_now(tx))  # claims compare wake_at with the lease clock
+            for run_id in sorted(run_ids):  # one lock order
                 tx.execute(
                     "UPDATE runs SET wake_at = ? WHERE run_id = ? AND status = 'waiting'",
                     (now, run_id),
                 )
+            tx.notify(RUNS_CHANNEL)
 
     def waiting_on_approvals(self, since: _dt.datetime | None = None) -> list[tuple[str, str]]:
         """``(run_id, approval_id)`` of runs waiting on an approval that has been decided.
@@ -431,7 +479,7 @@ class RunStore:
         call_digest: str,
     ) -> None:
         """Record that a step is about to run (committed before it runs)."""
-        with self.store.write() as tx:
+        with self.store.write(locks=()) as tx:
             tx.execute(
                 f"INSERT INTO journal ({_STEP_COLUMNS}) VALUES "
                 "(?, ?, ?, ?, ?, ?, 'started', NULL, NULL, NULL, NULL, ?, NULL) "
@@ -451,7 +499,7 @@ class RunStore:
         wake_at: _dt.datetime | None = None,
     ) -> None:
         finished = status in ("succeeded", "failed")
-        with self.store.write() as tx:
+        with self.store.write(locks=()) as tx:
             tx.execute(
                 "UPDATE journal SET status = ?, outcome_ref = ?, error = ?, "
                 "approval_id = COALESCE(?, approval_id), wake_at = ?, finished_at = ? "

@@ -12,7 +12,18 @@ from keel.store._schema import SCHEMA_VERSION
 from keel.store.base import Row, Store, Transaction
 from keel.store.sqlite import SQLiteStore
 
-__all__ = ["SCHEMA_VERSION", "Row", "SQLiteStore", "Store", "Transaction", "open_store"]
+__all__ = [
+    "RUNS_CHANNEL",
+    "SCHEMA_VERSION",
+    "Row",
+    "SQLiteStore",
+    "Store",
+    "Transaction",
+    "open_store",
+]
+
+#: ``tx.notify``/``store.wait`` channel: a run became runnable (submitted, woken, released).
+RUNS_CHANNEL = "keel_runs"
 
 
 def open_store(url: str, *, migrate: bool = True) -> Store:

@@ -1,8 +1,22 @@
 """The store interface every backend implements.
 
 A store hands out short transactions. ``write()`` takes the write lock up front (SQLite
-``BEGIN IMMEDIATE``; PostgreSQL row locks) so read-modify-write sequences inside it are atomic
-across threads and processes. SQL is written once with ``?`` placeholders; a backend translates.
+``BEGIN IMMEDIATE``; PostgreSQL an exclusive lock every Keel writer shares) so read-modify-write
+sequences inside it are atomic across threads and processes. SQL is written once with ``?``
+placeholders; a backend translates.
+
+Lock modes (they matter on PostgreSQL; SQLite has one writer at a time whatever is asked):
+
+- ``write()`` — *exclusive*: no other Keel write transaction runs at the same time. The safe
+  default for any read-modify-write.
+- ``write(locks=("name", ...))`` — *keyed*: runs alongside other keyed writers and excludes only
+  those holding one of the same names (and every exclusive writer). Use it only when every
+  check-and-change in the transaction is either one atomic statement (a conditional upsert, an
+  ``UPDATE ... WHERE`` whose rowcount is checked, ``FOR UPDATE SKIP LOCKED``) or guarded by a
+  name it holds. ``locks=()`` holds no name: atomic statements only.
+- ``tx.lock(name)`` takes one more name inside an open transaction (for a part that joins a
+  caller's transaction, e.g. an audit append takes its chain's name). Take names in a fixed
+  order (the audit chain last) so that transactions cannot deadlock.
 
 Thread safety: a Store may be shared by threads; each thread gets its own connection. A
 transaction object must not cross threads. All methods block.
@@ -12,7 +26,8 @@ from __future__ import annotations
 
 import abc
 import datetime as _dt
-from collections.abc import Iterator, Mapping, Sequence
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
@@ -39,6 +54,39 @@ class Transaction(Protocol):
         """Stream rows of a large result without holding them all in memory."""
         ...
 
+    def lock(self, name: str) -> None:
+        """Hold the named lock until the transaction ends (see the module docstring)."""
+        ...
+
+    def notify(self, channel: str) -> None:
+        """Wake the store's ``wait(channel)``-ers once this transaction commits."""
+        ...
+
+
+class _LocalNotifier:
+    """In-process wake-ups: a generation counter per channel under one condition variable."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._generation: dict[str, int] = {}
+
+    def fire(self, channels: Iterable[str]) -> None:
+        with self._cond:
+            for channel in channels:
+                self._generation[channel] = self._generation.get(channel, 0) + 1
+            self._cond.notify_all()
+
+    def generation(self, channel: str) -> int:
+        with self._cond:
+            return self._generation.get(channel, 0)
+
+    def wait(self, channel: str, timeout: float, since: int | None = None) -> bool:
+        with self._cond:
+            start = self._generation.get(channel, 0) if since is None else since
+            return self._cond.wait_for(
+                lambda: self._generation.get(channel, 0) != start, timeout=max(0.0, timeout)
+            )
+
 
 class Store(abc.ABC):
     """A database holding Keel's state. Create one with ``keel.store.open_store(url)``."""
@@ -47,8 +95,8 @@ class Store(abc.ABC):
     dialect: str
 
     @abc.abstractmethod
-    def write(self) -> AbstractContextManager[Transaction]:
-        """A transaction that holds the write lock from its first statement."""
+    def write(self, *, locks: Sequence[str] | None = None) -> AbstractContextManager[Transaction]:
+        """A write transaction: exclusive by default, keyed with ``locks`` (module docstring)."""
 
     @abc.abstractmethod
     def read(self) -> AbstractContextManager[Transaction]:
@@ -113,6 +161,32 @@ class Store(abc.ABC):
                     context=context,
                 )
             self.migrate()
+
+    def generation(self, channel: str) -> int:
+        """A token for ``wait(..., since=token)``: signals after this call are not missed."""
+        self._listen(channel)
+        return self._notifier().generation(channel)
+
+    def wait(self, channel: str, timeout: float, *, since: int | None = None) -> bool:
+        """Block until a transaction that called ``tx.notify(channel)`` commits (True), or until
+        ``timeout`` seconds pass (False). With ``since`` (from ``generation``), return at once
+        if a signal came after that token was taken. A backend may wake early (say, after a
+        lost connection): callers re-check their state.
+
+        This base version serves one process: notifications from this store object wake it
+        at once; others are seen when the timeout ends (callers poll at that interval).
+        """
+        self._listen(channel)
+        return self._notifier().wait(channel, timeout, since)
+
+    def _listen(self, channel: str) -> None:  # noqa: B027 - optional hook, nothing by default
+        """Start receiving ``channel``'s signals from other processes (if the backend can)."""
+
+    def _notifier(self) -> _LocalNotifier:
+        notifier: _LocalNotifier | None = self.__dict__.get("_local_notifier")
+        if notifier is None:
+            notifier = self.__dict__.setdefault("_local_notifier", _LocalNotifier())
+        return notifier
 
     @abc.abstractmethod
     def close(self) -> None:

@@ -23,10 +23,17 @@ _TYPES = {"blob": "BLOB", "bigint": "INTEGER", "without_rowid": "WITHOUT ROWID"}
 
 
 class _SQLiteTransaction:
-    __slots__ = ("_conn",)
+    __slots__ = ("_conn", "notified")
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
+        self.notified: set[str] = set()
+
+    def lock(self, name: str) -> None:
+        """Nothing to do: a SQLite write transaction already excludes every other writer."""
+
+    def notify(self, channel: str) -> None:
+        self.notified.add(channel)
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         return self._conn.execute(sql, params).rowcount
@@ -121,8 +128,9 @@ class SQLiteStore(Store):
             conn.execute(begin)
         except sqlite3.Error as exc:
             raise StoreError(f"SQLite could not start a transaction: {exc}") from exc
+        tx = _SQLiteTransaction(conn)
         try:
-            yield _SQLiteTransaction(conn)
+            yield tx
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
@@ -133,9 +141,11 @@ class SQLiteStore(Store):
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise StoreError(f"SQLite could not commit: {exc}") from exc
+        if tx.notified:
+            self._notifier().fire(tx.notified)
 
     @contextlib.contextmanager
-    def write(self) -> Iterator[_SQLiteTransaction]:
+    def write(self, *, locks: Sequence[str] | None = None) -> Iterator[_SQLiteTransaction]:
         try:
             with self._transaction("BEGIN IMMEDIATE") as tx:
                 yield tx
