@@ -111,7 +111,13 @@ def test_rate_limit_names_retry_after_and_is_keyed_on_identity(app: App) -> None
         # A fresh token (new jti) and a new run do not evade a limit keyed on the agent.
         app.agent("bursty", tenant="acme", scopes=["ping:run"]).call("ping.once", {}, run_id="x")
     assert info.value.retry_after > 0
-    assert query(app.store, limit=1)[0].entry.rule_id == "rate:budgets#per-agent"
+    context = info.value.context
+    (record,) = query(
+        app.store, chain=context["record_chain"], before_seq=context["record_seq"] + 1, limit=1
+    )
+    assert record.seq == context["record_seq"]
+    assert record.entry.rule_id == "rate:budgets#per-agent"
+    assert query(app.store, run_id="x")[0].entry.rule_id == "rate:budgets#per-agent"
     app.agent("other", tenant="acme", scopes=["ping:run"]).call("ping.once", {}, run_id="y")
     assert ping.calls == 4
 

@@ -35,12 +35,18 @@ def query(
     chain: str | None = None,
     before_seq: int | None = None,
 ) -> list[Record]:
-    """Records matching every given filter, newest (highest ``seq``) first, at most ``limit``.
+    """Records matching every given filter, newest first, at most ``limit``.
+
+    Order: within one chain, by ``seq`` (exact, whatever the clocks did); that is the order
+    whenever the log has one chain, or the query names a ``chain`` or a ``run_id`` (a run's
+    records share one chain) or pages with ``before_seq``. A partitioned log has no single
+    sequence across its chains, so its other queries are ordered by the recorded ``ts`` (wall
+    time, as each writer's clock had it), then ``seq``.
 
     ``since`` is inclusive and ``until`` exclusive; both compare the recorded ``ts``, which is
-    wall time and may jump (order is still by ``seq``). ``before_seq`` pages backwards: pass the
-    ``seq`` of the last record of the previous page. Raises ``SchemaVersionError`` for a record
-    written by a newer Keel.
+    wall time and may jump. ``before_seq`` pages backwards: pass the ``seq`` of the last record
+    of the previous page (with ``chain`` or ``run_id`` when the log has several chains). Raises
+    ``SchemaVersionError`` for a record written by a newer Keel.
     """
     if not 1 <= limit <= MAX_LIMIT:
         raise InvalidRequestError(
@@ -73,10 +79,14 @@ def query(
     sql = _SELECT
     if clauses:
         sql += " WHERE " + " AND ".join(clauses)
-    sql += " ORDER BY seq DESC, chain LIMIT ?"
+    within_chain = chain is not None or run_id is not None or before_seq is not None
     params.append(limit)
     with store.read() as tx:
-        rows = tx.fetchall(sql, params)
+        if not within_chain:  # two index look-ups: is there more than one chain at all?
+            ends = tx.fetchone("SELECT MIN(chain), MAX(chain) FROM audit_records")
+            within_chain = ends is None or ends[0] == ends[1]
+        order = "seq DESC, chain" if within_chain else "ts DESC, seq DESC, chain"
+        rows = tx.fetchall(f"{sql} ORDER BY {order} LIMIT ?", params)
     return [record_from_row(row) for row in rows]
 
 

@@ -296,7 +296,7 @@ class RequestVerifier:
             self._last_prune is None
             or self._clock.monotonic() - self._last_prune >= self._prune_interval
         )
-        with self._store.write() as tx:
+        with self._store.write(locks=()) as tx:  # the insert decides, atomically
             if prune:
                 tx.execute("DELETE FROM request_nonces WHERE expires_at < ?", (now_text,))
             else:

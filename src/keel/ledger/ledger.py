@@ -153,6 +153,10 @@ class _Plan:
     charges_json: str
 
 
+# A reservation that lost a deadlock or serialization race is tried again this many times in all.
+_CONTENTION_ATTEMPTS: Final = 3
+
+
 class Ledger:
     """Budgets that cannot be overspent; see the module docstring for the guarantees.
 
@@ -218,14 +222,27 @@ class Ledger:
             return reservation
         self._maybe_sweep(plan.created)
         try:
-            with self._store.write(locks=()) as wtx:
-                return self._reserve_in(wtx, plan)
+            return self._reserve_own(plan)
         except BudgetExceeded:
             # Stale holds may be what blocks this call: release them and try once more.
             if not self.expire_stale(plan.created):
                 raise
-        with self._store.write(locks=()) as wtx:
-            return self._reserve_in(wtx, plan)
+        return self._reserve_own(plan)
+
+    def _reserve_own(self, plan: _Plan) -> Reservation:
+        """``_reserve_in`` in a transaction of its own, tried again (a few times) when the
+        database gave up on it for a reason that says nothing about the budget: a deadlock or a
+        serialization failure among concurrent writers (all or nothing: the retry starts clean).
+        """
+        for attempt in range(1, _CONTENTION_ATTEMPTS + 1):
+            try:
+                with self._store.write(locks=()) as wtx:
+                    return self._reserve_in(wtx, plan)
+            except StoreError as exc:
+                state = str(exc.context.get("sqlstate", ""))
+                if attempt == _CONTENTION_ATTEMPTS or not state.startswith("40"):
+                    raise
+        raise InternalError("unreachable")  # pragma: no cover
 
     def _plan(self, request: ReservationRequest) -> _Plan:
         now = self._clock.now()
@@ -273,12 +290,14 @@ class Ledger:
             )
             charges.append(_Charge(cap, key, period, charge_usd, tokens, calls, row, alerting))
         # Rows are charged in one fixed order (by identity) so that transactions on PostgreSQL
-        # lock them in the same order and cannot deadlock.
-        params = [v for c in sorted(charges, key=lambda c: c.ident) for v in c.row]
+        # lock them in the same order and cannot deadlock; settle, release and expiry move them
+        # in that order too (the charges are stored sorted, and sorted again when read).
+        ordered = sorted(charges, key=lambda c: c.ident)
+        params = [v for c in ordered for v in c.row]
         charges_json = json.dumps(
             [
                 [*c.ident, c.usd, c.tokens, c.calls, int(c.cap.sum_argument is None)]
-                for c in charges
+                for c in ordered
             ],
             separators=(",", ":"),
         )
@@ -627,16 +646,28 @@ class Ledger:
         while True:
             with self._store.write(locks=()) as tx:
                 ids = [r[0] for r in tx.fetchall(_sql.FIND_STALE, (now_s, self._sweep_batch))]
-                for rid in ids:
+                # Reservation rows first (in id order), then every counter they held, summed and
+                # in identity order: the same lock order as reserve, so no deadlock.
+                moves: dict[tuple[str, tuple[str, str, str, str]], list[int]] = {}
+                for rid in sorted(ids):
                     row = tx.fetchone(_sql.EXPIRE_ONE, (now_s, now_s, rid))
                     if row is None:  # another process expired or settled it meanwhile
                         continue
                     charges_json, tenant, call_id, usd, tokens, expires_at = row
-                    self._give_back(tx, tenant, charges_json, now_s)
+                    for ident, c_usd, c_tokens, c_calls, _priced in _charges(charges_json):
+                        move = moves.setdefault((tenant, ident), [0, 0, 0])
+                        move[0] += c_usd
+                        move[1] += c_tokens
+                        move[2] += c_calls
                     expired.append(
                         ExpiredReservation(
                             rid, tenant, call_id, from_micros(usd), tokens, _parse_ts(expires_at)
                         )
+                    )
+                for (tenant, ident), (c_usd, c_tokens, c_calls) in sorted(moves.items()):
+                    tx.execute(
+                        _sql.MOVE_COUNTER,
+                        (c_usd, 0, c_tokens, 0, c_calls, 0, now_s, tenant, *ident),
                     )
             if len(ids) < self._sweep_batch:
                 return expired
@@ -779,7 +810,7 @@ def _charges(
 ) -> list[tuple[tuple[str, str, str, str], int, int, int, bool]]:
     try:
         items = json.loads(text)
-        return [
+        return sorted(  # one lock order, also for reservations stored before it was sorted
             (
                 (str(c[0]), str(c[1]), str(c[2]), str(c[3])),
                 int(c[4]),
@@ -788,7 +819,7 @@ def _charges(
                 bool(c[7]),
             )
             for c in items
-        ]
+        )
     except (ValueError, TypeError, IndexError) as exc:
         raise InternalError(
             f"a reservation's charges are unreadable ({exc}); the call is denied"

@@ -100,7 +100,7 @@ class ResponseCache:
         if response is None:
             self._count("miss")
             return None
-        with self._store.write() as tx:
+        with self._store.write(locks=()) as tx:  # one atomic statement
             tx.execute(
                 "UPDATE model_cache SET hits = hits + 1 WHERE tenant = ? AND request_digest = ?",
                 (tenant, key),
@@ -125,7 +125,7 @@ class ResponseCache:
         return True
 
     def _store_row(self, tenant: str, key: str, response: ModelResponse, now: _dt.datetime) -> None:
-        with self._store.write() as tx:
+        with self._store.write(locks=()) as tx:  # one upsert: atomic
             tx.execute(
                 "INSERT INTO model_cache "
                 "(tenant, request_digest, response, created_at, expires_at, hits) "

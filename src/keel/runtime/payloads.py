@@ -310,7 +310,7 @@ class Payloads:
         if self._store.read_one(_EXISTS, (ref,)) is not None:
             return ref  # stored before: skip compressing and encrypting again
         encoded = self._encode(ref, raw, seal)  # outside the write lock: may take a while
-        with self._store.write() as own:
+        with self._store.write(locks=()) as own:  # INSERT ... ON CONFLICT DO NOTHING: atomic
             self._insert(own, ref, raw, *encoded)
         return ref
 
