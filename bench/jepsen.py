@@ -151,6 +151,7 @@ class Procs:
         self.lock = threading.Lock()
 
     def start(self, name: str, argv: list[str]) -> None:
+        self.kill(name)  # never two processes under one name: none may outlive the check
         self.specs[name] = argv
         log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
         proc = subprocess.Popen(
@@ -245,15 +246,15 @@ def nemesis(
         name = rng.choice(workers if roll < 0.6 else clients)
         procs.kill(name)
         report["kills"].append(name)
-        time.sleep(0.3)
         left = procs.deadline.get(name)
-        argv = list(procs.specs[name])
-        if left is not None:  # a client: give it what is left of its time
-            remaining = left - time.monotonic()
-            if remaining < 1:
-                continue
+        if left is None:
+            continue  # a worker: the supervisor restarts it, as systemd would
+        time.sleep(0.3)
+        remaining = left - time.monotonic()  # a client: give it what is left of its time
+        if remaining >= 1:
+            argv = list(procs.specs[name])
             argv[3] = f"{remaining:.1f}"
-        procs.start(name, argv)
+            procs.start(name, argv)
 
 
 def supervise(procs: Procs, stop: threading.Event) -> None:
