@@ -11,8 +11,8 @@ so threads and processes sharing one database append to one chain in turn and it
 
 Partitions: with ``partitions=N`` (N > 1) the log spreads its records over N independent chains,
 ``<chain>/0`` … ``<chain>/N-1``, choosing by a stable hash of the record's tenant and run (or
-call, or agent, outside a run): all records of one run stay in one chain, in order, while appends
-for different runs and calls take different locks and proceed side by side on PostgreSQL.
+agent, for calls outside a run): all records of one run stay in one chain, in order, while
+appends for different runs take different locks and proceed side by side on PostgreSQL.
 ``checkpoint()`` signs the head of every chain in one transaction, and ``keel audit verify``
 checks every chain and every checkpoint. One chain (the default) suits SQLite, which has a single
 writer anyway.
@@ -125,8 +125,8 @@ class AuditLog:
         """The chain ``entry`` is appended to (always the same one for one run)."""
         if self.partitions == 1:
             return self.chain
-        route = f"{entry.tenant or ''}\x1f{entry.run_id or entry.call_id or entry.agent or ''}"
-        index = int.from_bytes(hashlib.blake2b(route.encode(), digest_size=8).digest(), "big")
+        route = f"{entry.tenant or ''}\x1f{entry.run_id or entry.agent or ''}".encode()
+        index = int.from_bytes(hashlib.blake2b(route, digest_size=8).digest(), "big")
         return self.chains[index % self.partitions]
 
     # -- appending -----------------------------------------------------------------------------
