@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import datetime as _dt
 import functools
+import importlib
 import inspect
 import os
 import secrets
+import sys
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from decimal import Decimal
@@ -64,7 +66,7 @@ from keel.runtime.payloads import Payloads, load_or_create_key
 from keel.store import Store, open_store
 from keel.tools import FunctionTool, ReconcileHook, Tool, ToolRegistry, check_tool_name
 
-__all__ = ["Agent", "App"]
+__all__ = ["Agent", "App", "import_app"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 W = TypeVar("W", bound=Callable[..., Any])
@@ -632,3 +634,25 @@ class Agent:
             workflow=workflow,
             tainted=tainted,
         )
+
+
+def import_app(spec: str) -> App:
+    """The App named by ``spec``, uvicorn-style: ``package.module:attribute``, where the attribute
+    is an ``App`` or a function returning one. The current folder is importable. Raises
+    ``UsageError`` naming what is wrong."""
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise UsageError(f"--app {spec!r} must look like package.module:app")
+    if str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UsageError(f"--app: cannot import {module_name!r}: {exc}") from None
+    target: Any = getattr(module, attribute, None)
+    if target is None:
+        raise UsageError(f"--app: {module_name!r} has no attribute {attribute!r}")
+    app = target() if callable(target) and not isinstance(target, App) else target
+    if not isinstance(app, App):
+        raise UsageError(f"--app {spec!r} is a {type(app).__name__}, not a keel App")
+    return app

@@ -23,6 +23,7 @@ from keel.cli._common import (
 from keel.cli._policy import policy_app
 from keel.cli._reconcile import reconcile_command
 from keel.cli._runs import runs_app, worker_command
+from keel.cli._serve import serve_command
 
 __all__ = ["app", "main"]
 
@@ -39,6 +40,7 @@ app.add_typer(approvals_app, name="approvals")
 app.add_typer(budget_app, name="budget")
 app.command("forecast")(forecast_command)
 app.command("worker")(worker_command)
+app.command("serve")(serve_command)
 app.command("reconcile")(reconcile_command)
 app.add_typer(runs_app, name="runs")
 token_app = typer.Typer(help="Agent tokens.", no_args_is_help=True)

@@ -6,17 +6,15 @@ them, uvicorn-style: ``--app package.module:app`` (an ``App`` object, or a funct
 
 from __future__ import annotations
 
-import importlib
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
 from keel.cli._common import ConfigOption, console, handle_errors, resolve_config
-from keel.errors import UsageError
 
 if TYPE_CHECKING:
     from keel.app import App
@@ -32,25 +30,11 @@ AppOption = typer.Option(
 
 def load_app(spec: str | None, config: Path | None) -> App:
     """The App named by ``spec``, or a plain App from the config (no workflows registered)."""
-    from keel.app import App
+    from keel.app import App, import_app
 
     if spec is None:
         return App(resolve_config(config))
-    module_name, _, attribute = spec.partition(":")
-    if not module_name or not attribute:
-        raise UsageError(f"--app {spec!r} must look like package.module:app")
-    sys.path.insert(0, str(Path.cwd()))
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise UsageError(f"--app: cannot import {module_name!r}: {exc}") from None
-    target: Any = getattr(module, attribute, None)
-    if target is None:
-        raise UsageError(f"--app: {module_name!r} has no attribute {attribute!r}")
-    app = target() if callable(target) and not isinstance(target, App) else target
-    if not isinstance(app, App):
-        raise UsageError(f"--app {spec!r} is a {type(app).__name__}, not a keel App")
-    return app
+    return import_app(spec)
 
 
 @handle_errors

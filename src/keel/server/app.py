@@ -1,0 +1,268 @@
+"""The Keel HTTP server: an ASGI app over one ``keel.App``. Routes are thin; rules live below.
+
+``create_app(keel_app)`` builds the FastAPI application; ``keel serve`` runs it with uvicorn.
+
+Routes (this module):
+
+- ``GET /healthz`` — the process answers (liveness).
+- ``GET /readyz`` — the store answers a read (readiness); 503 otherwise.
+- ``POST /v1/calls`` — a remote agent's governed tool call through the full guard chain. The
+  agent authenticates with its token (``Authorization: Bearer <token>``). ``Idempotency-Key``
+  follows the IETF draft / Stripe semantics: the same key with the same body replays the
+  recorded response (``Idempotent-Replayed: true``, the tool does not run again), the same key
+  with a different body is 422, and the same key while the first request still runs is 409.
+
+Every error leaves through ``keel.server.errors``: one status mapping, one JSON body shape.
+Request bodies are parsed strictly (size and depth limits from the config, duplicate keys
+refused) before anything else looks at them.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal, TypeVar
+
+import pydantic
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from keel.app import App
+from keel.canonical import parse_json
+from keel.errors import AuthenticationError, InvalidRequestError, KeelError, PayloadTooLargeError
+from keel.gateway import CallRequest, CallResult
+from keel.server.errors import error_body, http_status, response_headers
+
+__all__ = ["CallBody", "create_app"]
+
+log = logging.getLogger("keel.server")
+
+
+class CallBody(pydantic.BaseModel):
+    """The body of ``POST /v1/calls``."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", strict=True)
+
+    tool: str = pydantic.Field(min_length=1, max_length=200, description="The tool's name.")
+    arguments: dict[str, Any] = pydantic.Field(default_factory=dict)
+    run_id: str | None = pydantic.Field(None, max_length=200)
+    step_id: str | None = pydantic.Field(None, max_length=200)
+    workflow: str | None = pydantic.Field(None, max_length=200)
+    approval_id: str | None = pydantic.Field(
+        None, max_length=200, description="An approval granted for exactly this call."
+    )
+    tainted: bool = pydantic.Field(
+        False, description="Untrusted content entered the context that produced this call."
+    )
+    trace_id: str | None = pydantic.Field(None, max_length=200)
+
+
+class Verdict(pydantic.BaseModel):
+    decision: Literal["allow", "deny", "require_approval", "escalate"]
+    rule_id: str
+    reason: str
+    policy_hash: str
+
+
+class CallOutcome(pydantic.BaseModel):
+    """The answer of ``POST /v1/calls`` when the call ran (or was replayed, cached, shadowed)."""
+
+    call_id: str
+    tool: str
+    value: Any = None
+    verdict: Verdict
+    replayed: bool
+    cached: bool
+    shadow: bool
+    cost: dict[str, Any]
+    record: dict[str, Any]
+    latency_ms: float
+
+
+class ErrorDetail(pydantic.BaseModel):
+    code: str
+    message: str
+    retryable: bool
+    context: dict[str, Any]
+
+
+class ErrorBody(pydantic.BaseModel):
+    error: ErrorDetail
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": what}
+    for status, what in (
+        (400, "malformed request"),
+        (401, "missing or invalid agent token"),
+        (403, "refused: policy, kill switch, budget or approval required"),
+        (409, "the same idempotency key is in flight"),
+        (413, "body too large"),
+        (422, "the same idempotency key with a different body"),
+        (429, "rate limited; see Retry-After"),
+        (502, "the tool failed"),
+        (503, "the store is unavailable"),
+    )
+}
+
+
+def create_app(keel: App) -> FastAPI:
+    """The ASGI application serving ``keel``. The caller owns ``keel`` (and closes it)."""
+    config = keel.config
+    max_bytes = config.max_payload_bytes
+    api = FastAPI(
+        title="Keel",
+        version="0.1.0",
+        description="A governed runtime for AI agents: every tool and model call passes one "
+        "chokepoint for identity, policy, budget and approvals, and leaves an audit record.",
+    )
+
+    @api.exception_handler(KeelError)
+    async def keel_error(_request: Request, exc: KeelError) -> JSONResponse:
+        return JSONResponse(
+            error_body(exc), status_code=http_status(exc), headers=response_headers(exc)
+        )
+
+    @api.exception_handler(Exception)
+    async def unexpected(_request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error serving a request")
+        body = {
+            "error": {
+                "code": "internal_error",
+                "message": "Keel failed to serve this request; the server log has the details",
+                "retryable": False,
+                "context": {},
+            }
+        }
+        return JSONResponse(body, status_code=500)
+
+    @api.get("/healthz", tags=["operations"])
+    def healthz() -> dict[str, str]:
+        """Liveness: the process answers."""
+        return {"status": "ok"}
+
+    @api.get("/readyz", tags=["operations"], responses={503: _ERRORS[503]})
+    def readyz() -> dict[str, Any]:
+        """Readiness: the store answers a read."""
+        keel.store.read_one("SELECT 1")
+        return {"status": "ready", "store": keel.store.dialect}
+
+    @api.post(
+        "/v1/calls",
+        tags=["calls"],
+        response_model=CallOutcome,
+        responses=_ERRORS,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": CallBody.model_json_schema()}},
+            },
+            "parameters": [
+                {
+                    "name": "Idempotency-Key",
+                    "in": "header",
+                    "required": False,
+                    "schema": {"type": "string", "maxLength": 255},
+                },
+            ],
+        },
+    )
+    def call(request: Request, raw: bytes = _body_dependency(max_bytes)) -> JSONResponse:
+        """A governed tool call: authenticate, policy, budget, approvals, execute, record."""
+        token = _bearer(request)
+        body = _parse(raw, CallBody, max_bytes, config.max_json_depth)
+        key = request.headers.get("idempotency-key")
+        result = keel.call(
+            CallRequest(
+                tool=body.tool,
+                arguments=body.arguments,
+                token=token,
+                run_id=body.run_id,
+                step_id=body.step_id,
+                workflow=body.workflow,
+                idempotency_key=key if key else None,
+                tainted=body.tainted,
+                trace_id=body.trace_id,
+                approval_id=body.approval_id,
+            )
+        )
+        headers = {"Idempotent-Replayed": "true"} if result.replayed else {}
+        return JSONResponse(_outcome(result), headers=headers)
+
+    return api
+
+
+def _body_dependency(max_bytes: int) -> Any:
+    """A FastAPI dependency that reads the body, refusing it early when it is too large."""
+
+    async def read(request: Request) -> bytes:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+            raise PayloadTooLargeError(
+                f"the request body is {declared} bytes; the limit is {max_bytes} bytes",
+                context={"size": int(declared), "limit": max_bytes},
+            )
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_bytes:
+                raise PayloadTooLargeError(
+                    f"the request body is over the limit of {max_bytes} bytes",
+                    context={"limit": max_bytes},
+                )
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    return Depends(read)
+
+
+def _bearer(request: Request) -> str:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AuthenticationError(
+            "this endpoint needs an agent token: Authorization: Bearer <token>",
+            code="token_missing",
+        )
+    return token.strip()
+
+
+M = TypeVar("M", bound=pydantic.BaseModel)
+
+
+def _parse(raw: bytes, model: type[M], max_bytes: int, depth: int) -> M:
+    if not raw:
+        raise InvalidRequestError("the request body is empty; send a JSON object")
+    data = parse_json(raw, max_bytes=max_bytes, max_depth=depth, what="request body")
+    try:
+        return model.model_validate(data)
+    except pydantic.ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in error['loc']) or 'body'}: {error['msg']}"
+            for error in exc.errors()[:10]
+        )
+        raise InvalidRequestError(
+            f"the request body is not valid: {problems}",
+            context={"fields": [".".join(str(p) for p in e["loc"]) for e in exc.errors()[:10]]},
+        ) from None
+
+
+def _outcome(result: CallResult) -> dict[str, Any]:
+    verdict = result.verdict
+    return {
+        "call_id": result.call_id,
+        "tool": result.tool,
+        "value": result.value,
+        "verdict": {
+            "decision": verdict.decision,
+            "rule_id": verdict.rule_id,
+            "reason": verdict.reason,
+            "policy_hash": verdict.policy_hash,
+        },
+        "replayed": result.replayed,
+        "cached": result.cached,
+        "shadow": result.shadow,
+        "cost": result.cost.to_record(),
+        "record": {"chain": result.record_chain, "seq": result.record_seq},
+        "latency_ms": round(result.latency_ms, 3),
+    }
