@@ -55,7 +55,7 @@ from keel.gateway import (
     ScopeGuard,
 )
 from keel.gateway.breaker import CircuitBreakerGuard
-from keel.identity import KeySet, TokenIssuer, TokenVerifier
+from keel.identity import KeySet, OperatorKeys, TokenIssuer, TokenVerifier
 from keel.ledger import Ledger, RateLimiter
 from keel.models import ModelRequest, Provider, ResponseCache, Router
 from keel.policy import CompiledPolicy, Limits, PolicySet, load_policy
@@ -204,6 +204,7 @@ class App:
         limits = LimitsCache(self._policies)
         self.breaker = breaker or CircuitBreakerGuard(self.clock)
         self.approvals = Approvals(self.store, self.audit, self.clock)
+        self.operator_keys = OperatorKeys(self.store, self.clock)
         self.gateway = Gateway(
             store=self.store,
             audit=self.audit,

@@ -20,6 +20,7 @@ from keel.cli._common import (
     handle_errors,
     resolve_config,
 )
+from keel.cli._keys import keys_app
 from keel.cli._policy import policy_app
 from keel.cli._reconcile import reconcile_command
 from keel.cli._runs import runs_app, worker_command
@@ -41,6 +42,7 @@ app.add_typer(budget_app, name="budget")
 app.command("forecast")(forecast_command)
 app.command("worker")(worker_command)
 app.command("serve")(serve_command)
+app.add_typer(keys_app, name="keys")
 app.command("reconcile")(reconcile_command)
 app.add_typer(runs_app, name="runs")
 token_app = typer.Typer(help="Agent tokens.", no_args_is_help=True)

@@ -6,6 +6,8 @@
 - ``delegation``: ``delegate()`` mints a narrower, no-longer-lived token for a sub-agent.
 - ``signing``: ``sign_request()`` / ``RequestVerifier`` for HTTP request signatures with a
   replay cache kept in the store.
+- ``operators``: ``OperatorKeys``, hashed API keys with a role per tenant for people using the
+  HTTP server.
 
 This package imports only ``keel.errors``, ``keel.core``, ``keel.canonical`` and ``keel.store``.
 """
@@ -23,6 +25,7 @@ from keel.identity.keys import (
     SigningKey,
     check_kid,
 )
+from keel.identity.operators import ROLES, OperatorKey, OperatorKeys
 from keel.identity.signing import (
     DEFAULT_WINDOW,
     HEADER_DIGEST,
@@ -67,8 +70,11 @@ __all__ = [
     "MAX_TOKEN_LENGTH",
     "MAX_TTL",
     "MIN_TTL",
+    "ROLES",
     "ActorLink",
     "KeySet",
+    "OperatorKey",
+    "OperatorKeys",
     "PublicKey",
     "PublicKeyResolver",
     "RequestVerifier",

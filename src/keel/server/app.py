@@ -20,17 +20,18 @@ refused) before anything else looks at them.
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import pydantic
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from keel.app import App
-from keel.canonical import parse_json
-from keel.errors import AuthenticationError, InvalidRequestError, KeelError, PayloadTooLargeError
+from keel.errors import KeelError
 from keel.gateway import CallRequest, CallResult
+from keel.server._http import ERRORS, bearer, body_dependency, parse_body
 from keel.server.errors import error_body, http_status, response_headers
+from keel.server.operators import operator_router
 
 __all__ = ["CallBody", "create_app"]
 
@@ -78,33 +79,6 @@ class CallOutcome(pydantic.BaseModel):
     latency_ms: float
 
 
-class ErrorDetail(pydantic.BaseModel):
-    code: str
-    message: str
-    retryable: bool
-    context: dict[str, Any]
-
-
-class ErrorBody(pydantic.BaseModel):
-    error: ErrorDetail
-
-
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorBody, "description": what}
-    for status, what in (
-        (400, "malformed request"),
-        (401, "missing or invalid agent token"),
-        (403, "refused: policy, kill switch, budget or approval required"),
-        (409, "the same idempotency key is in flight"),
-        (413, "body too large"),
-        (422, "the same idempotency key with a different body"),
-        (429, "rate limited; see Retry-After"),
-        (502, "the tool failed"),
-        (503, "the store is unavailable"),
-    )
-}
-
-
 def create_app(keel: App) -> FastAPI:
     """The ASGI application serving ``keel``. The caller owns ``keel`` (and closes it)."""
     config = keel.config
@@ -140,7 +114,7 @@ def create_app(keel: App) -> FastAPI:
         """Liveness: the process answers."""
         return {"status": "ok"}
 
-    @api.get("/readyz", tags=["operations"], responses={503: _ERRORS[503]})
+    @api.get("/readyz", tags=["operations"], responses={503: ERRORS[503]})
     def readyz() -> dict[str, Any]:
         """Readiness: the store answers a read."""
         keel.store.read_one("SELECT 1")
@@ -150,7 +124,7 @@ def create_app(keel: App) -> FastAPI:
         "/v1/calls",
         tags=["calls"],
         response_model=CallOutcome,
-        responses=_ERRORS,
+        responses=ERRORS,
         openapi_extra={
             "requestBody": {
                 "required": True,
@@ -166,10 +140,10 @@ def create_app(keel: App) -> FastAPI:
             ],
         },
     )
-    def call(request: Request, raw: bytes = _body_dependency(max_bytes)) -> JSONResponse:
+    def call(request: Request, raw: bytes = body_dependency(max_bytes)) -> JSONResponse:
         """A governed tool call: authenticate, policy, budget, approvals, execute, record."""
-        token = _bearer(request)
-        body = _parse(raw, CallBody, max_bytes, config.max_json_depth)
+        token = bearer(request)
+        body = parse_body(raw, CallBody, max_bytes, config.max_json_depth)
         key = request.headers.get("idempotency-key")
         result = keel.call(
             CallRequest(
@@ -188,63 +162,8 @@ def create_app(keel: App) -> FastAPI:
         headers = {"Idempotent-Replayed": "true"} if result.replayed else {}
         return JSONResponse(_outcome(result), headers=headers)
 
+    api.include_router(operator_router(keel))
     return api
-
-
-def _body_dependency(max_bytes: int) -> Any:
-    """A FastAPI dependency that reads the body, refusing it early when it is too large."""
-
-    async def read(request: Request) -> bytes:
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-            raise PayloadTooLargeError(
-                f"the request body is {declared} bytes; the limit is {max_bytes} bytes",
-                context={"size": int(declared), "limit": max_bytes},
-            )
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > max_bytes:
-                raise PayloadTooLargeError(
-                    f"the request body is over the limit of {max_bytes} bytes",
-                    context={"limit": max_bytes},
-                )
-            chunks.append(chunk)
-        return b"".join(chunks)
-
-    return Depends(read)
-
-
-def _bearer(request: Request) -> str:
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise AuthenticationError(
-            "this endpoint needs an agent token: Authorization: Bearer <token>",
-            code="token_missing",
-        )
-    return token.strip()
-
-
-M = TypeVar("M", bound=pydantic.BaseModel)
-
-
-def _parse(raw: bytes, model: type[M], max_bytes: int, depth: int) -> M:
-    if not raw:
-        raise InvalidRequestError("the request body is empty; send a JSON object")
-    data = parse_json(raw, max_bytes=max_bytes, max_depth=depth, what="request body")
-    try:
-        return model.model_validate(data)
-    except pydantic.ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in error['loc']) or 'body'}: {error['msg']}"
-            for error in exc.errors()[:10]
-        )
-        raise InvalidRequestError(
-            f"the request body is not valid: {problems}",
-            context={"fields": [".".join(str(p) for p in e["loc"]) for e in exc.errors()[:10]]},
-        ) from None
 
 
 def _outcome(result: CallResult) -> dict[str, Any]:

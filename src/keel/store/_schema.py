@@ -259,6 +259,24 @@ MIGRATIONS: Final[tuple[tuple[int, str, tuple[str, ...]], ...]] = (
             "CREATE INDEX approvals_decided ON approvals (decided_at)",
         ),
     ),
+    (
+        6,
+        "operator API keys for the HTTP server",
+        (
+            """CREATE TABLE operator_keys (
+                key_id TEXT PRIMARY KEY,
+                name TEXT NOT NULL,
+                role TEXT NOT NULL,
+                tenant TEXT,
+                labels TEXT NOT NULL,
+                secret_hash TEXT NOT NULL,
+                created_at TEXT NOT NULL,
+                created_by TEXT NOT NULL,
+                revoked_at TEXT,
+                last_used_at TEXT
+            )""",
+        ),
+    ),
 )
 
 SCHEMA_VERSION: Final[int] = MIGRATIONS[-1][0]

@@ -1,0 +1,173 @@
+"""Operator routes: approvals and kill switches, for people holding an operator API key.
+
+Authenticate with ``Authorization: Bearer keel_op_…`` (or ``X-API-Key``). Roles, least to most:
+``viewer`` reads, ``approver`` decides approvals, ``operator`` flips kill switches, ``admin``
+manages keys (``keel keys``). A key limited to one tenant sees and acts on that tenant only; a
+kill switch outside its own tenant needs a key for every tenant. The approval service still
+applies its own rules (no self-approval, the policy's approvers, the two-person rule): the key's
+name is the person, its labels (and role) are what a policy's ``approvers:`` may name.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import pydantic
+from fastapi import APIRouter, Depends, Request
+
+from keel.app import App
+from keel.approvals import Operator
+from keel.errors import AuthorizationError
+from keel.identity import OperatorKey
+from keel.server._http import ERRORS, body_dependency, parse_body
+
+__all__ = ["operator_router"]
+
+
+class Decision(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid", strict=True)
+
+    note: str = pydantic.Field("", max_length=2000)
+
+
+class Denial(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid", strict=True)
+
+    reason: str = pydantic.Field(min_length=1, max_length=2000)
+
+
+class Switch(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid", strict=True)
+
+    scope: Literal["global", "tenant", "agent", "workflow", "tool"]
+    target: str = pydantic.Field("*", min_length=1, max_length=200)
+    reason: str = pydantic.Field(min_length=1, max_length=2000)
+
+
+_AUTH: dict[int | str, dict[str, Any]] = {k: ERRORS[k] for k in (400, 401, 403, 413)}
+
+
+def operator_router(keel: App) -> APIRouter:
+    """The operator routes over ``keel``."""
+    router = APIRouter(prefix="/v1", tags=["operators"], responses=_AUTH)
+    config = keel.config
+    read_body = body_dependency(config.max_payload_bytes)
+
+    def key_of(request: Request) -> OperatorKey:
+        header = request.headers.get("authorization", "")
+        scheme, _, value = header.partition(" ")
+        text = value if scheme.lower() == "bearer" else request.headers.get("x-api-key", "")
+        return keel.operator_keys.check(text)
+
+    def needs(role: str) -> Any:
+        def check(request: Request) -> OperatorKey:
+            key = key_of(request)
+            if not key.allows(role):
+                raise AuthorizationError(
+                    f"this needs the {role!r} role; key {key.key_id} has {key.role!r}",
+                    code="role_required",
+                    context={"needed": role, "role": key.role, "key_id": key.key_id},
+                )
+            return key
+
+        return Depends(check)
+
+    viewer, approver, switcher = needs("viewer"), needs("approver"), needs("operator")
+
+    def operator(key: OperatorKey) -> Operator:
+        return Operator(key.name, frozenset({*key.labels, key.role}), key.tenant)
+
+    @router.get("/approvals")
+    def list_approvals(
+        status: str | None = None,
+        tenant: str | None = None,
+        run_id: str | None = None,
+        limit: int = 100,
+        key: OperatorKey = viewer,
+    ) -> dict[str, Any]:
+        """Approval requests, newest first (a tenant key sees its tenant's only)."""
+        if key.tenant is not None:
+            tenant = key.tenant
+        requests = keel.approvals.list(
+            status,  # type: ignore[arg-type]  # checked by the service
+            tenant,
+            limit,
+            run_id=run_id,
+        )
+        return {"approvals": [r.to_dict() for r in requests]}
+
+    @router.get("/approvals/{approval_id}")
+    def show_approval(approval_id: str, key: OperatorKey = viewer) -> dict[str, Any]:
+        """One request, with the exact (redacted) arguments it would approve."""
+        return keel.approvals.get(approval_id, tenant=key.tenant).to_dict()
+
+    @router.post("/approvals/{approval_id}/approve")
+    def approve(
+        approval_id: str, raw: bytes = read_body, key: OperatorKey = approver
+    ) -> dict[str, Any]:
+        """Approve as the key's person (refused: self-approval, not among the approvers…)."""
+        body = parse_body(raw or b"{}", Decision, config.max_payload_bytes, config.max_json_depth)
+        return keel.approvals.approve(approval_id, operator(key), note=body.note).to_dict()
+
+    @router.post("/approvals/{approval_id}/deny")
+    def deny(
+        approval_id: str, raw: bytes = read_body, key: OperatorKey = approver
+    ) -> dict[str, Any]:
+        """Deny, with a reason the requester sees."""
+        body = parse_body(raw, Denial, config.max_payload_bytes, config.max_json_depth)
+        return keel.approvals.deny(approval_id, operator(key), reason=body.reason).to_dict()
+
+    @router.get("/kill-switches")
+    def list_switches(key: OperatorKey = viewer) -> dict[str, Any]:
+        """Engaged kill switches."""
+        switches = keel.kill_switches.list()
+        if key.tenant is not None:
+            switches = [s for s in switches if s.scope == "tenant" and s.target == key.tenant]
+        return {"kill_switches": [_switch(s) for s in switches]}
+
+    @router.post("/kill-switches/engage")
+    def engage(raw: bytes = read_body, key: OperatorKey = switcher) -> dict[str, Any]:
+        """Stop calls now, for everything (``global``) or one tenant, agent, workflow or tool."""
+        body = parse_body(raw, Switch, config.max_payload_bytes, config.max_json_depth)
+        _may_switch(key, body)
+        switch = keel.kill_switches.engage(
+            body.scope, body.target, reason=body.reason, actor=_actor(key)
+        )
+        return _switch(switch)
+
+    @router.post("/kill-switches/release")
+    def release(raw: bytes = read_body, key: OperatorKey = switcher) -> dict[str, Any]:
+        """Release a kill switch."""
+        body = parse_body(raw, Switch, config.max_payload_bytes, config.max_json_depth)
+        _may_switch(key, body)
+        switch = keel.kill_switches.release(
+            body.scope, body.target, reason=body.reason, actor=_actor(key)
+        )
+        return _switch(switch)
+
+    return router
+
+
+def _may_switch(key: OperatorKey, body: Switch) -> None:
+    if key.tenant is None or (body.scope == "tenant" and body.target == key.tenant):
+        return
+    raise AuthorizationError(
+        f"key {key.key_id} acts for tenant {key.tenant!r} only: it may switch "
+        f"'tenant {key.tenant}', nothing wider",
+        code="tenant_mismatch",
+        context={"key_id": key.key_id, "tenant": key.tenant},
+    )
+
+
+def _actor(key: OperatorKey) -> str:
+    return f"{key.name} (operator key {key.key_id})"
+
+
+def _switch(switch: Any) -> dict[str, Any]:
+    return {
+        "scope": switch.scope,
+        "target": switch.target,
+        "reason": switch.reason,
+        "actor": switch.actor,
+        "updated_at": switch.updated_at,
+    }

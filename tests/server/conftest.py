@@ -1,0 +1,79 @@
+"""A Keel server on loopback for the HTTP tests: uvicorn in a thread, a real socket."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from keel import App, KeelConfig
+from keel.server import create_app
+from keel.testing import FrozenClock, RecordingTool
+
+POLICY = """
+policy: http
+scope: {tenant: acme}
+tools: {allow: [orders.lookup, billing.refund, ping.once]}
+approvers: [finance]
+require_approval_if_over: {billing.refund: 100}
+rate_limits:
+  - {id: pings, scope: agent, tools: [ping.once], requests: 2, per: 1m}
+"""
+
+
+class Served:
+    def __init__(self, keel: App, base: str, refund: RecordingTool) -> None:
+        self.keel = keel
+        self.base = base
+        self.refund = refund
+        self.token = keel.mint_token(
+            "remote-bot", tenant="acme", scopes=["orders:read", "billing:write", "ping:run"]
+        )
+
+    def post(
+        self, body: Any, *, key: str | None = None, token: str | None = None, **kw: Any
+    ) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {self.token if token is None else token}"}
+        if key is not None:
+            headers["Idempotency-Key"] = key
+        headers.update(kw.pop("headers", {}))
+        if isinstance(body, bytes):
+            return httpx.post(f"{self.base}/v1/calls", content=body, headers=headers, **kw)
+        return httpx.post(f"{self.base}/v1/calls", json=body, headers=headers, **kw)
+
+
+@pytest.fixture
+def served(tmp_path: Path, store_url: str) -> Iterator[Served]:
+    """A server over an App with three tools, on a free loopback port."""
+    config = KeelConfig(store_url=store_url, home=tmp_path / "home", max_payload_bytes=65536)
+    with App(config, clock=FrozenClock()) as keel:
+        keel.add_policy(POLICY)
+        keel.register(
+            RecordingTool("orders.lookup", scope="orders:read", result={"status": "paid"})
+        )
+        refund = RecordingTool("billing.refund", scope="billing:write", effect="irreversible")
+        keel.register(refund)
+        keel.register(RecordingTool("ping.once", scope="ping:run"))
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        server = uvicorn.Server(uvicorn.Config(create_app(keel), log_level="warning"))
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+        thread.start()
+        for _ in range(600):
+            if server.started:
+                break
+            threading.Event().wait(0.05)
+        assert server.started
+        try:
+            yield Served(keel, f"http://127.0.0.1:{port}", refund)
+        finally:
+            server.should_exit = True
+            thread.join(30)
+            sock.close()
