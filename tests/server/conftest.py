@@ -60,6 +60,18 @@ def served(tmp_path: Path, store_url: str) -> Iterator[Served]:
         refund = RecordingTool("billing.refund", scope="billing:write", effect="irreversible")
         keel.register(refund)
         keel.register(RecordingTool("ping.once", scope="ping:run"))
+
+        @keel.workflow(
+            "small-refund",
+            agent="refund-bot",
+            scopes=["orders:read", "billing:write"],
+            tenant="acme",
+        )
+        async def small_refund(run: Any, data: Any) -> dict[str, Any]:
+            order = await run.tool("orders.lookup", {"order_id": data["order_id"]})
+            await run.tool("billing.refund", {"order_id": data["order_id"], "amount": 5})
+            return {"order": order, "refunded": 5}
+
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]

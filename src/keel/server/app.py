@@ -30,8 +30,10 @@ from keel.app import App
 from keel.errors import KeelError
 from keel.gateway import CallRequest, CallResult
 from keel.server._http import ERRORS, bearer, body_dependency, parse_body
+from keel.server.auth import OperatorAuth
 from keel.server.errors import error_body, http_status, response_headers
 from keel.server.operators import operator_router
+from keel.server.runs import runs_router
 
 __all__ = ["CallBody", "create_app"]
 
@@ -162,7 +164,9 @@ def create_app(keel: App) -> FastAPI:
         headers = {"Idempotent-Replayed": "true"} if result.replayed else {}
         return JSONResponse(_outcome(result), headers=headers)
 
-    api.include_router(operator_router(keel))
+    auth = OperatorAuth(keel)
+    api.include_router(operator_router(keel, auth))
+    api.include_router(runs_router(keel, auth))
     return api
 
 

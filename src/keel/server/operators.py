@@ -13,13 +13,14 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import pydantic
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter
 
 from keel.app import App
 from keel.approvals import Operator
 from keel.errors import AuthorizationError
 from keel.identity import OperatorKey
 from keel.server._http import ERRORS, body_dependency, parse_body
+from keel.server.auth import OperatorAuth
 
 __all__ = ["operator_router"]
 
@@ -47,32 +48,13 @@ class Switch(pydantic.BaseModel):
 _AUTH: dict[int | str, dict[str, Any]] = {k: ERRORS[k] for k in (400, 401, 403, 413)}
 
 
-def operator_router(keel: App) -> APIRouter:
+def operator_router(keel: App, auth: OperatorAuth) -> APIRouter:
     """The operator routes over ``keel``."""
     router = APIRouter(prefix="/v1", tags=["operators"], responses=_AUTH)
     config = keel.config
     read_body = body_dependency(config.max_payload_bytes)
-
-    def key_of(request: Request) -> OperatorKey:
-        header = request.headers.get("authorization", "")
-        scheme, _, value = header.partition(" ")
-        text = value if scheme.lower() == "bearer" else request.headers.get("x-api-key", "")
-        return keel.operator_keys.check(text)
-
-    def needs(role: str) -> Any:
-        def check(request: Request) -> OperatorKey:
-            key = key_of(request)
-            if not key.allows(role):
-                raise AuthorizationError(
-                    f"this needs the {role!r} role; key {key.key_id} has {key.role!r}",
-                    code="role_required",
-                    context={"needed": role, "role": key.role, "key_id": key.key_id},
-                )
-            return key
-
-        return Depends(check)
-
-    viewer, approver, switcher = needs("viewer"), needs("approver"), needs("operator")
+    viewer, approver = auth.needs("viewer"), auth.needs("approver")
+    switcher = auth.needs("operator")
 
     def operator(key: OperatorKey) -> Operator:
         return Operator(key.name, frozenset({*key.labels, key.role}), key.tenant)

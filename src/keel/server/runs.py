@@ -1,0 +1,125 @@
+"""Workflow and run routes, for operator API keys: submit, list, show with steps, cancel, retry.
+
+Reading needs ``viewer``; submitting, cancelling and re-driving need ``operator``. A key limited
+to one tenant sees and acts on that tenant's runs only (another tenant's run is "not found").
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pydantic
+from fastapi import APIRouter
+
+from keel.app import App
+from keel.errors import InvalidRequestError
+from keel.identity import OperatorKey
+from keel.runtime.journal import RunRecord
+from keel.server._http import ERRORS, body_dependency, parse_body
+from keel.server.auth import OperatorAuth
+
+__all__ = ["runs_router"]
+
+
+class Submit(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid", strict=True)
+
+    input: Any = None
+    run_id: str | None = pydantic.Field(None, min_length=1, max_length=200)
+    on_behalf_of: str | None = pydantic.Field(None, max_length=200)
+
+
+class Reason(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid", strict=True)
+
+    reason: str = pydantic.Field(min_length=1, max_length=2000)
+
+
+_RESPONSES: dict[int | str, dict[str, Any]] = {k: ERRORS[k] for k in (400, 401, 403, 413)}
+
+
+def runs_router(keel: App, auth: OperatorAuth) -> APIRouter:
+    router = APIRouter(prefix="/v1", tags=["runs"], responses=_RESPONSES)
+    config = keel.config
+    read_body = body_dependency(config.max_payload_bytes)
+    viewer, operator = auth.needs("viewer"), auth.needs("operator")
+
+    def visible(run_id: str, key: OperatorKey) -> RunRecord:
+        record = keel.runtime.get(run_id)
+        if not key.covers(record.tenant):
+            raise InvalidRequestError(f"no run {run_id!r}", code="unknown_run")
+        return record
+
+    @router.get("/workflows")
+    def workflows(key: OperatorKey = viewer) -> dict[str, Any]:
+        """The workflows this server's App registers."""
+        return {
+            "workflows": [
+                {"name": name, "tenant": keel.workflow_tenant(name)}
+                for name in keel.workflows
+                if key.covers(keel.workflow_tenant(name))
+            ]
+        }
+
+    @router.post("/workflows/{name}/runs", status_code=201)
+    def submit(name: str, raw: bytes = read_body, key: OperatorKey = operator) -> dict[str, Any]:
+        """Start a durable run of workflow ``name``; a worker executes it."""
+        body = parse_body(raw or b"{}", Submit, config.max_payload_bytes, config.max_json_depth)
+        if not key.covers(keel.workflow_tenant(name)):
+            raise InvalidRequestError(f"no workflow {name!r}", code="unknown_workflow")
+        record = keel.runtime.submit(
+            name, body.input, run_id=body.run_id, on_behalf_of=body.on_behalf_of
+        )
+        return record.to_dict()
+
+    @router.get("/runs")
+    def list_runs(
+        status: str | None = None,
+        workflow: str | None = None,
+        limit: int = 100,
+        key: OperatorKey = viewer,
+    ) -> dict[str, Any]:
+        """Runs, newest first."""
+        if not 1 <= limit <= 1000:
+            raise InvalidRequestError("limit must be between 1 and 1000")
+        records = keel.runtime.runs.find(
+            status=status, workflow=workflow, tenant=key.tenant, limit=limit
+        )
+        return {"runs": [r.to_dict() for r in records]}
+
+    @router.get("/runs/{run_id}")
+    def show_run(run_id: str, key: OperatorKey = viewer) -> dict[str, Any]:
+        """A run and its journal steps."""
+        data = visible(run_id, key).to_dict()
+        data["steps"] = [
+            {
+                "step": s.step_id,
+                "kind": s.kind,
+                "target": s.target,
+                "status": s.status,
+                "approval_id": s.approval_id,
+                "error": s.error,
+                "started_at": s.started_at.isoformat(),
+                "finished_at": None if s.finished_at is None else s.finished_at.isoformat(),
+            }
+            for s in keel.runtime.steps(run_id)
+        ]
+        return data
+
+    @router.post("/runs/{run_id}/cancel")
+    def cancel(run_id: str, raw: bytes = read_body, key: OperatorKey = operator) -> dict[str, Any]:
+        """Cancel a run that has not ended."""
+        body = parse_body(raw, Reason, config.max_payload_bytes, config.max_json_depth)
+        visible(run_id, key)
+        keel.runtime.cancel(run_id, reason=f"{body.reason} (by {key.name}, key {key.key_id})")
+        return keel.runtime.get(run_id).to_dict()
+
+    @router.post("/runs/{run_id}/retry")
+    def retry(run_id: str, raw: bytes = read_body, key: OperatorKey = operator) -> dict[str, Any]:
+        """Re-drive a failed, parked or escalated run (completed steps replay)."""
+        body = parse_body(raw, Reason, config.max_payload_bytes, config.max_json_depth)
+        visible(run_id, key)
+        reason = f"{body.reason} (by {key.name}, key {key.key_id})"
+        return keel.runtime.retry(run_id, reason=reason).to_dict()
+
+    return router
