@@ -102,17 +102,7 @@ def show_run(
         record = app.runtime.get(run_id)
         steps = app.runtime.steps(run_id)
     data = record.to_dict()
-    data["steps"] = [
-        {
-            "step": s.step_id,
-            "kind": s.kind,
-            "target": s.target,
-            "status": s.status,
-            "approval_id": s.approval_id,
-            "error": s.error,
-        }
-        for s in steps
-    ]
+    data["steps"] = [step.to_dict() for step in steps]
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 

@@ -173,6 +173,19 @@ class JournalEntry:
     started_at: _dt.datetime
     finished_at: _dt.datetime | None
 
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe summary of the step, as surfaces show it (no outcome, only its status)."""
+        return {
+            "step": self.step_id,
+            "kind": self.kind,
+            "target": self.target,
+            "status": self.status,
+            "approval_id": self.approval_id,
+            "error": self.error,
+            "started_at": self.started_at.isoformat(),
+            "finished_at": None if self.finished_at is None else self.finished_at.isoformat(),
+        }
+
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> JournalEntry:
         (

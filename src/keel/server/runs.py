@@ -91,19 +91,7 @@ def runs_router(keel: App, auth: OperatorAuth) -> APIRouter:
     def show_run(run_id: str, key: OperatorKey = viewer) -> dict[str, Any]:
         """A run and its journal steps."""
         data = visible(run_id, key).to_dict()
-        data["steps"] = [
-            {
-                "step": s.step_id,
-                "kind": s.kind,
-                "target": s.target,
-                "status": s.status,
-                "approval_id": s.approval_id,
-                "error": s.error,
-                "started_at": s.started_at.isoformat(),
-                "finished_at": None if s.finished_at is None else s.finished_at.isoformat(),
-            }
-            for s in keel.runtime.steps(run_id)
-        ]
+        data["steps"] = [step.to_dict() for step in keel.runtime.steps(run_id)]
         return data
 
     @router.post("/runs/{run_id}/cancel")
