@@ -11,7 +11,15 @@ from fastapi import Depends, Request
 from keel.canonical import parse_json
 from keel.errors import AuthenticationError, InvalidRequestError, PayloadTooLargeError
 
-__all__ = ["ERRORS", "ErrorBody", "bearer", "body_dependency", "parse_body"]
+__all__ = [
+    "ERRORS",
+    "OPERATOR_RESPONSES",
+    "ErrorBody",
+    "Reason",
+    "bearer",
+    "body_dependency",
+    "parse_body",
+]
 
 
 class ErrorDetail(pydantic.BaseModel):
@@ -39,6 +47,18 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         (503, "the store is unavailable"),
     )
 }
+
+
+#: What every operator route may answer besides 200: bad body, no key, wrong role, too large.
+OPERATOR_RESPONSES: dict[int | str, dict[str, Any]] = {k: ERRORS[k] for k in (400, 401, 403, 413)}
+
+
+class Reason(pydantic.BaseModel):
+    """A body that only says why (a denial, a cancellation, a re-drive)."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", strict=True)
+
+    reason: str = pydantic.Field(min_length=1, max_length=2000)
 
 
 def body_dependency(max_bytes: int) -> Any:

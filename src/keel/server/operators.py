@@ -19,7 +19,7 @@ from keel.app import App
 from keel.approvals import Operator
 from keel.errors import AuthorizationError
 from keel.identity import OperatorKey
-from keel.server._http import ERRORS, body_dependency, parse_body
+from keel.server._http import OPERATOR_RESPONSES, Reason, body_dependency, parse_body
 from keel.server.auth import OperatorAuth
 
 __all__ = ["operator_router"]
@@ -31,12 +31,6 @@ class Decision(pydantic.BaseModel):
     note: str = pydantic.Field("", max_length=2000)
 
 
-class Denial(pydantic.BaseModel):
-    model_config = pydantic.ConfigDict(extra="forbid", strict=True)
-
-    reason: str = pydantic.Field(min_length=1, max_length=2000)
-
-
 class Switch(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid", strict=True)
 
@@ -45,12 +39,9 @@ class Switch(pydantic.BaseModel):
     reason: str = pydantic.Field(min_length=1, max_length=2000)
 
 
-_AUTH: dict[int | str, dict[str, Any]] = {k: ERRORS[k] for k in (400, 401, 403, 413)}
-
-
 def operator_router(keel: App, auth: OperatorAuth) -> APIRouter:
     """The operator routes over ``keel``."""
-    router = APIRouter(prefix="/v1", tags=["operators"], responses=_AUTH)
+    router = APIRouter(prefix="/v1", tags=["operators"], responses=OPERATOR_RESPONSES)
     config = keel.config
     read_body = body_dependency(config.max_payload_bytes)
     viewer, approver = auth.needs("viewer"), auth.needs("approver")
@@ -96,7 +87,7 @@ def operator_router(keel: App, auth: OperatorAuth) -> APIRouter:
         approval_id: str, raw: bytes = read_body, key: OperatorKey = approver
     ) -> dict[str, Any]:
         """Deny, with a reason the requester sees."""
-        body = parse_body(raw, Denial, config.max_payload_bytes, config.max_json_depth)
+        body = parse_body(raw, Reason, config.max_payload_bytes, config.max_json_depth)
         return keel.approvals.deny(approval_id, operator(key), reason=body.reason).to_dict()
 
     @router.get("/kill-switches")

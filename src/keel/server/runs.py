@@ -15,7 +15,7 @@ from keel.app import App
 from keel.errors import InvalidRequestError
 from keel.identity import OperatorKey
 from keel.runtime.journal import RunRecord
-from keel.server._http import ERRORS, body_dependency, parse_body
+from keel.server._http import OPERATOR_RESPONSES, Reason, body_dependency, parse_body
 from keel.server.auth import OperatorAuth
 
 __all__ = ["runs_router"]
@@ -29,17 +29,8 @@ class Submit(pydantic.BaseModel):
     on_behalf_of: str | None = pydantic.Field(None, max_length=200)
 
 
-class Reason(pydantic.BaseModel):
-    model_config = pydantic.ConfigDict(extra="forbid", strict=True)
-
-    reason: str = pydantic.Field(min_length=1, max_length=2000)
-
-
-_RESPONSES: dict[int | str, dict[str, Any]] = {k: ERRORS[k] for k in (400, 401, 403, 413)}
-
-
 def runs_router(keel: App, auth: OperatorAuth) -> APIRouter:
-    router = APIRouter(prefix="/v1", tags=["runs"], responses=_RESPONSES)
+    router = APIRouter(prefix="/v1", tags=["runs"], responses=OPERATOR_RESPONSES)
     config = keel.config
     read_body = body_dependency(config.max_payload_bytes)
     viewer, operator = auth.needs("viewer"), auth.needs("operator")
