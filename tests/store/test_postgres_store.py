@@ -227,41 +227,17 @@ def test_unreachable_server_is_a_config_error_that_says_what_to_check(backend: s
 
 
 @on_postgres
-def test_a_keel_app_runs_on_postgresql(pg_url: str, tmp_path: Path) -> None:
-    """open_store picks the backend from the URL; governed calls, the ledger and the audit chain
-    work on PostgreSQL unchanged (50 concurrent $10 calls on a $100 cap: exactly 10)."""
+def test_a_keel_app_picks_postgresql_from_the_url(pg_url: str, tmp_path: Path) -> None:
+    """open_store picks the backend from the URL. (Every App-level test runs on PostgreSQL too,
+    through the ``store_url`` fixture; ATTACKS.md #35 is tests/gateway/test_budget.py.)"""
     from keel import App, KeelConfig
-    from keel.errors import BudgetExceeded
     from keel.testing import RecordingTool
 
-    config = KeelConfig(store_url=pg_url, home=tmp_path / "home")
-    with App(config) as app:
+    with App(KeelConfig(store_url=pg_url, home=tmp_path / "home")) as app:
         assert type(app.store).__name__ == "PostgresStore"
-        app.add_policy(
-            "policy: pg\ntools: {allow: [pay.send]}\n"
-            "caps: [{id: money, tools: [pay.send], per: [tenant], window: none, max_usd: 100}]\n"
-        )
-        pay = RecordingTool("pay.send", scope="pay:write", effect="irreversible", cost_usd="10")
-        app.register(pay)
-        agents = [app.agent(f"bot-{i}", tenant="acme", scopes=["pay:write"]) for i in range(50)]
-        barrier = threading.Barrier(50)
-        outcomes: list[str] = []
-
-        def attempt(i: int) -> None:
-            barrier.wait()
-            try:
-                agents[i].call("pay.send", {"n": i})
-                outcomes.append("ok")
-            except BudgetExceeded:
-                outcomes.append("budget")
-
-        threads = [threading.Thread(target=attempt, args=(i,)) for i in range(50)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert outcomes.count("ok") == 10
-        assert pay.calls == 10
-        report = app.verify_audit()
-        assert report.ok, report.problem
-        assert report.records_checked >= 50
+        assert app.audit.partitions == 8  # the PostgreSQL default
+        app.add_policy("policy: pg\ntools: {allow: [pay.send]}\n")
+        app.register(RecordingTool("pay.send", scope="pay:write"))
+        result = app.agent("bot", tenant="acme", scopes=["pay:write"]).call("pay.send", {})
+        assert result.record_chain in app.audit.chains
+        assert app.verify_audit().ok
