@@ -25,6 +25,7 @@ LAYERS: dict[str, int] = {
     "keel.models": 2,
     "keel.approvals": 3,
     "keel.gateway": 3,
+    "keel.telemetry": 3,
     "keel.app": 4,
     "keel.runtime": 4,
     "keel.testing": 4,
@@ -37,8 +38,12 @@ LAYERS: dict[str, int] = {
 }
 #: Packages at the same layer that must not import each other.
 SIBLINGS_ISOLATED = {2}
-#: Same-layer imports that go one way only: the gateway uses approvals, never the reverse.
-FORBIDDEN: dict[str, frozenset[str]] = {"keel.approvals": frozenset({"keel.gateway"})}
+#: Same-layer imports that go one way only: the gateway uses approvals, never the reverse;
+#: telemetry implements the gateway's observer interface, the gateway never imports it.
+FORBIDDEN: dict[str, frozenset[str]] = {
+    "keel.approvals": frozenset({"keel.gateway", "keel.telemetry"}),
+    "keel.gateway": frozenset({"keel.telemetry"}),
+}
 
 
 def _owner(module: str) -> str:

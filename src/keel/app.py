@@ -31,7 +31,7 @@ from typing import Any, Literal, TypeVar
 import pydantic
 
 from keel.approvals import Approvals
-from keel.audit import AuditLog, Redactor, VerifyReport, verify_chain
+from keel.audit import AuditEntry, AuditLog, Redactor, VerifyReport, verify_chain
 from keel.config import KeelConfig
 from keel.core import Call, Clock, Effect, Principal, SystemClock, Verdict
 from keel.errors import ConfigError, InvalidRequestError, UsageError
@@ -55,7 +55,14 @@ from keel.gateway import (
     ScopeGuard,
 )
 from keel.gateway.breaker import CircuitBreakerGuard
-from keel.identity import KeySet, OperatorKeys, TokenIssuer, TokenVerifier
+from keel.identity import (
+    KeySet,
+    OperatorKeys,
+    Revocation,
+    StoredRevocations,
+    TokenIssuer,
+    TokenVerifier,
+)
 from keel.ledger import Ledger, RateLimiter
 from keel.models import ModelRequest, Provider, ResponseCache, Router
 from keel.policy import CompiledPolicy, Limits, PolicySet, load_policy
@@ -63,7 +70,8 @@ from keel.runtime import ModelCaller, ModelCatalog, ModelOutcome, ModelTarget, T
 from keel.runtime.engine import Runtime, WorkflowDef
 from keel.runtime.modelconfig import ModelSettings, build_prices, build_providers
 from keel.runtime.payloads import Payloads, load_or_create_key
-from keel.store import Store, open_store
+from keel.store import Store, Transaction, open_store
+from keel.telemetry import StateSources, Telemetry
 from keel.tools import FunctionTool, ReconcileHook, Tool, ToolRegistry, check_tool_name
 
 __all__ = ["Agent", "App", "import_app"]
@@ -147,12 +155,22 @@ class App:
         self.store: Store = store or open_store(self.config.store_url)
         self.keys = KeySet.load_or_create(home / "keys.json")
         self.issuer = TokenIssuer(self.keys, issuer=self.config.token_issuer, clock=self.clock)
+        # Token revocations live in the store: one made by any process sharing it is in force
+        # here within the kill-switch refresh period (ATTACKS.md #19). Audited like a switch.
+        self.revocations = StoredRevocations(
+            self.store,
+            self.clock,
+            refresh_seconds=self.config.kill_switch_refresh_seconds,
+            record=self._audit_revocation,
+            flush=lambda: self.audit.flush(),
+        )
         self.verifier = TokenVerifier(
             self.keys,
             issuer=self.config.token_issuer,
             audience=self.config.token_audience,
             clock=self.clock,
             leeway=_dt.timedelta(seconds=self.config.token_leeway_seconds),
+            revocations=self.revocations,
         )
         self.redactor = Redactor(salt=_secret_file(home / "redaction.salt"))
         self.audit = AuditLog(
@@ -205,11 +223,24 @@ class App:
         self.breaker = breaker or CircuitBreakerGuard(self.clock)
         self.approvals = Approvals(self.store, self.audit, self.clock)
         self.operator_keys = OperatorKeys(self.store, self.clock)
+        self.telemetry = Telemetry.from_config(
+            self.config,
+            redactor=self.redactor,
+            sources=StateSources(
+                clock=self.clock,
+                store=self.store,
+                ledger=self.ledger,
+                runs=lambda: self.runtime.runs.counts(),
+                breakers=self.breaker.states,
+                cache=self.model_cache.stats,
+            ),
+        )
         self.gateway = Gateway(
             store=self.store,
             audit=self.audit,
             redactor=self.redactor,
             clock=self.clock,
+            observer=self.telemetry.observer,
             guards=[
                 AuthenticateGuard(self.verifier),
                 ResolveGuard(
@@ -415,6 +446,39 @@ class App:
             ttl=ttl or _dt.timedelta(seconds=self.config.token_ttl_seconds),
         )
 
+    def revoke_token(
+        self,
+        jti: str | None = None,
+        *,
+        agent: str | None = None,
+        tenant: str | None = None,
+        reason: str,
+        actor: str,
+    ) -> Revocation:
+        """Revoke one token (``jti``) or every token of ``agent`` minted until now (optionally
+        only in ``tenant``), in every process sharing this store; audited as a ``control``
+        record. Tokens of an agent minted afterwards verify again. Pass exactly one of ``jti``
+        and ``agent``; UsageError otherwise or on an empty reason."""
+        if (jti is None) == (agent is None):
+            raise UsageError("revoke_token needs exactly one of jti= (a token) or agent=")
+        if jti is not None:
+            return self.revocations.revoke_token(jti, tenant=tenant, reason=reason, actor=actor)
+        assert agent is not None
+        return self.revocations.revoke_agent(agent, tenant=tenant, reason=reason, actor=actor)
+
+    def _audit_revocation(self, tx: Transaction, revocation: Revocation) -> None:
+        self.audit.append(
+            tx,
+            AuditEntry(
+                kind="control",
+                agent=revocation.target if revocation.kind == "agent" else None,
+                tenant=revocation.tenant,
+                decision="revoke",
+                rule_id=f"revoke:{revocation.kind}",
+                body={"action": "token.revoke", **revocation.to_dict()},
+            ),
+        )
+
     def agent(
         self,
         agent_id: str,
@@ -462,7 +526,10 @@ class App:
         )
 
     def close(self) -> None:
-        self.store.close()
+        try:
+            self.telemetry.close()  # flushes spans still to export
+        finally:
+            self.store.close()
 
     def __enter__(self) -> App:
         return self

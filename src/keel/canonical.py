@@ -156,7 +156,7 @@ def parse_json(
             context={"limit": max_depth},
         )
     try:
-        return json.loads(
+        value = json.loads(
             text, object_pairs_hook=_pairs_no_duplicates, parse_constant=_reject_constant
         )
     except json.JSONDecodeError as exc:
@@ -165,6 +165,36 @@ def parse_json(
             code="malformed_json",
             context={"line": exc.lineno, "column": exc.colno},
         ) from None
+    if "\\u" in text and _has_lone_surrogate(value):
+        raise InvalidRequestError(
+            f"{what} escapes a lone surrogate (\\ud800-\\udfff): that is not Unicode text",
+            code="malformed_json",
+        )
+    return value
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    """Whether a parsed JSON value holds a string that cannot be UTF-8 (a lone surrogate)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            strings = [item]
+        elif isinstance(item, dict):
+            strings = list(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+            continue
+        else:
+            continue
+        for text in strings:
+            if not text.isascii():
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError:
+                    return True
+    return False
 
 
 def check_depth(value: Any, *, max_depth: int = DEFAULT_MAX_DEPTH, what: str = "arguments") -> None:

@@ -7,7 +7,7 @@ own rather than growing this one.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -42,6 +42,40 @@ class KeelConfig(BaseModel):
         1024 * 1024, gt=0, description="Largest accepted arguments or result, in bytes (1 MiB)."
     )
     max_json_depth: int = Field(64, gt=0, le=512, description="Deepest accepted JSON nesting.")
+    agent_request_signing: Literal["off", "optional", "required"] = Field(
+        "optional",
+        description="Signed agent requests on the HTTP server (Keel-Signature headers): 'off' "
+        "ignores signatures, 'optional' checks them when present, 'required' refuses unsigned "
+        "agent requests.",
+    )
+    agent_signing_keys: dict[str, dict[str, str]] = Field(
+        default_factory=dict,
+        description="Key id -> {agent: <agent id>, public_key: <base64url raw Ed25519>}: the keys "
+        "agents sign requests with; a signature binds the request to that agent "
+        "(`keel token keygen` makes one).",
+    )
+    agent_mtls_bind: bool = Field(
+        True,
+        description="When an agent presents a TLS client certificate (keel serve --tls-client-ca), "
+        "its identity (a SAN URI's last path segment, else a SAN DNS name, else the CN) must be "
+        "the token's agent.",
+    )
+    proxy_default_max_tokens: int = Field(
+        4096,
+        gt=0,
+        le=262_144,
+        description="max_tokens for a proxied model request that names none (the worst case "
+        "reserved against budgets).",
+    )
+    proxy_redact_prompts: bool = Field(
+        True,
+        description="Replace secrets and personal data in prompts before they reach a provider.",
+    )
+    proxy_redact_responses: bool = Field(
+        True,
+        description="Replace secrets and personal data in model answers (also across streamed "
+        "chunks) before they reach the client.",
+    )
     idempotency_retention_seconds: int = Field(
         24 * 3600, gt=0, description="How long a completed idempotency key replays its outcome."
     )
@@ -68,4 +102,35 @@ class KeelConfig(BaseModel):
     )
     audit_anchor_file: bool = Field(
         True, description="Also append signed checkpoints to <home>/audit-anchor.jsonl."
+    )
+    telemetry_tracing: bool = Field(
+        False,
+        description="Make OpenTelemetry spans (run, step, call) in process; trace ids go into "
+        "audit records. Implied by telemetry_otlp_endpoint. Off: no spans, near-zero cost.",
+    )
+    telemetry_otlp_endpoint: str | None = Field(
+        None,
+        pattern=r"^https?://[^\s]+$",
+        description="Export spans over OTLP/HTTP to this collector (http://host:4318; "
+        "/v1/traces is appended unless given). None (default): nothing leaves the machine.",
+    )
+    telemetry_service_name: str = Field(
+        "keel", min_length=1, max_length=200, description="The `service.name` of exported spans."
+    )
+    telemetry_global_tracer: bool = Field(
+        False,
+        description="Also install this App's tracer provider as OpenTelemetry's process-global "
+        "one (so instrumented libraries join its traces). Only one App per process should.",
+    )
+    telemetry_metrics: bool = Field(
+        True, description="Count calls, latency and cost for Prometheus (GET /metrics)."
+    )
+    metrics_require_key: bool = Field(
+        False,
+        description="GET /metrics needs an operator API key (viewer or above, every tenant).",
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="Server logs as text, or as JSON lines with run/step/trace ids (secrets "
+        "redacted).",
     )

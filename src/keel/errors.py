@@ -9,7 +9,8 @@ errors to HTTP statuses, MCP errors and CLI exit codes in one place each, keyed 
     │   ├── ConfigError           a config or policy file is malformed (names file, line and key)
     │   │   └── PriceUnknown      a model has no known price and none is configured
     │   ├── InvalidRequestError   a call's content is bad: unknown tool, schema violation, bad name
-    │   │   └── PayloadTooLargeError   over a size or depth limit
+    │   │   ├── PayloadTooLargeError   over a size or depth limit
+    │   │   └── NotFoundError     no such object, or not the caller's to see (no existence oracle)
     │   └── SchemaVersionError    the store was written by a newer Keel
     ├── AuthenticationError       the caller's identity could not be established (token, signature)
     ├── AuthorizationError        the caller is known but not allowed
@@ -52,6 +53,7 @@ __all__ = [
     "ModelError",
     "ModelResponseInvalid",
     "ModelTimeout",
+    "NotFoundError",
     "PayloadTooLargeError",
     "PolicyDenied",
     "PriceUnknown",
@@ -122,6 +124,13 @@ class InvalidRequestError(UsageError):
 
 class PayloadTooLargeError(InvalidRequestError):
     code = "payload_too_large"
+
+
+class NotFoundError(InvalidRequestError):
+    """No such object, or one in a tenant the caller may not see: both answer alike, so the error
+    tells nothing about what exists elsewhere."""
+
+    code = "not_found"
 
 
 class PriceUnknown(ConfigError):

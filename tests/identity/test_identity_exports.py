@@ -25,6 +25,7 @@ EXPECTED = {
     "MAX_TOKEN_LENGTH",
     "MAX_TTL",
     "MIN_TTL",
+    "REVOCATION_CHANNEL",
     "ActorLink",
     "OperatorKey",
     "OperatorKeys",
@@ -33,11 +34,14 @@ EXPECTED = {
     "PublicKey",
     "PublicKeyResolver",
     "RequestVerifier",
+    "Revocation",
+    "RevocationKind",
     "RevocationSet",
     "SignatureVerifier",
     "SignedRequest",
     "Signer",
     "SigningKey",
+    "StoredRevocations",
     "TokenIssuer",
     "TokenVerifier",
     "VerifiedToken",
@@ -48,6 +52,7 @@ EXPECTED = {
     "scope_covers",
     "sign_request",
     "signature_base",
+    "unverified_claims",
 }
 
 ALLOWED_KEEL_IMPORTS = {"keel.errors", "keel.core", "keel.canonical", "keel.store"}

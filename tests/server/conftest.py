@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from keel import App, KeelConfig
-from keel.server import create_app
 from keel.testing import FrozenClock, RecordingTool
+
+from ._serving import serving
 
 POLICY = """
 policy: http
@@ -72,20 +70,5 @@ def served(tmp_path: Path, store_url: str) -> Iterator[Served]:
             await run.tool("billing.refund", {"order_id": data["order_id"], "amount": 5})
             return {"order": order, "refunded": 5}
 
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-        server = uvicorn.Server(uvicorn.Config(create_app(keel), log_level="warning"))
-        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-        thread.start()
-        for _ in range(600):
-            if server.started:
-                break
-            threading.Event().wait(0.05)
-        assert server.started
-        try:
-            yield Served(keel, f"http://127.0.0.1:{port}", refund)
-        finally:
-            server.should_exit = True
-            thread.join(30)
-            sock.close()
+        with serving(keel) as base:
+            yield Served(keel, base, refund)

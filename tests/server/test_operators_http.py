@@ -128,3 +128,23 @@ def test_a_tenant_operator_may_only_switch_its_own_tenant(served: Served) -> Non
         url, headers=operator, json={"scope": "tenant", "target": "acme", "reason": "x"}
     )
     assert own.status_code == 200, own.text
+
+
+def test_an_operator_revokes_an_agent_over_http(served: Served) -> None:
+    lookup = {"tool": "orders.lookup", "arguments": {"order_id": "A-1"}}
+    assert served.post(lookup).status_code == 200
+    url = f"{served.base}/v1/revocations"
+    body = {"agent": "remote-bot", "reason": "leaked token"}
+    viewer = httpx.post(url, headers=_key(served, "viewer"), json=body)
+    assert viewer.status_code == 403
+    outsider = httpx.post(
+        url, headers=_key(served, "operator", tenant="globex"), json={**body, "tenant": "acme"}
+    )
+    assert outsider.status_code == 403
+    both = httpx.post(url, headers=_key(served, "operator"), json={**body, "jti": "x"})
+    assert both.status_code == 400
+    revoked = httpx.post(url, headers=_key(served, "operator"), json=body)
+    assert revoked.status_code == 200, revoked.text
+    refused = served.post(lookup)
+    assert refused.status_code == 401
+    assert refused.json()["error"]["code"] == "token_revoked"

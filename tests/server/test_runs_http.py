@@ -58,14 +58,14 @@ def test_a_key_for_another_tenant_cannot_see_or_touch_runs(served: Served) -> No
         json={"input": {"order_id": "A-9"}},
     ).json()["run_id"]
     outsider = _key(served, "operator", tenant="globex")
-    assert httpx.get(f"{served.base}/v1/runs/{run_id}", headers=outsider).status_code == 400
+    assert httpx.get(f"{served.base}/v1/runs/{run_id}", headers=outsider).status_code == 404
     assert httpx.get(f"{served.base}/v1/runs", headers=outsider).json()["runs"] == []
     cancel = httpx.post(
         f"{served.base}/v1/runs/{run_id}/cancel", headers=outsider, json={"reason": "no"}
     )
-    assert cancel.status_code == 400
+    assert cancel.status_code == 404
     submit = httpx.post(
         f"{served.base}/v1/workflows/small-refund/runs", headers=outsider, json={"input": {}}
     )
-    assert submit.status_code == 400
+    assert submit.status_code == 404
     assert submit.json()["error"]["code"] == "unknown_workflow"

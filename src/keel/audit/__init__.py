@@ -1,5 +1,5 @@
 """Keel's audit log: redaction, typed records, a hash chain with signed checkpoints,
-offline verification and search.
+offline verification and search (paged with cursors, or streamed).
 
     from keel.audit import AuditEntry, AuditLog, Redactor, verify_chain
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from keel.audit.checkpoint import Checkpoint, Signer, Verifier
 from keel.audit.log import AuditLog
-from keel.audit.query import iter_run_records, query
+from keel.audit.query import Cursor, iter_query, iter_run_records, query, record_at
 from keel.audit.record import (
     AUDIT_SCHEMA_VERSION,
     BODY_KEYS,
@@ -27,7 +27,7 @@ from keel.audit.record import (
     chain_hash,
 )
 from keel.audit.redact import KINDS as REDACTION_KINDS
-from keel.audit.redact import Redactor
+from keel.audit.redact import Redactor, StreamRedactor
 from keel.audit.verify import Problem, VerifyReport, verify_chain
 
 __all__ = [
@@ -39,15 +39,19 @@ __all__ = [
     "AuditEntry",
     "AuditLog",
     "Checkpoint",
+    "Cursor",
     "EntryKind",
     "Problem",
     "Record",
     "Redactor",
     "Signer",
+    "StreamRedactor",
     "Verifier",
     "VerifyReport",
     "chain_hash",
+    "iter_query",
     "iter_run_records",
     "query",
+    "record_at",
     "verify_chain",
 ]

@@ -1,23 +1,88 @@
-"""Searching the audit log: newest first, by the indexed fields."""
+"""Searching the audit log: newest first, by the indexed fields, a page at a time.
+
+A page ends at a :class:`Cursor` (the last record's time, seq and chain); ``query(after=...)``
+continues from it, and ``iter_query`` streams every match page by page, so neither holds more
+than a page in memory nor keeps a transaction open between pages.
+"""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime as _dt
+import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, Final
 
 from keel.audit.record import EntryKind, Record, format_ts, record_from_row
 from keel.errors import InvalidRequestError
 from keel.store import Store
 
-__all__ = ["MAX_LIMIT", "iter_run_records", "query"]
+__all__ = ["MAX_LIMIT", "Cursor", "iter_query", "iter_run_records", "query", "record_at"]
 
 MAX_LIMIT: Final = 10_000
+_MAX_SEQ: Final = 2**63 - 1
+_MAX_CURSOR: Final = 1024
 
 _SELECT: Final = (
     "SELECT chain, seq, ts, kind, tenant, agent, run_id, tool, decision, rule_id, body, "
     "prev_hash, hash FROM audit_records"
 )
+
+
+def _bad_cursor(why: str) -> InvalidRequestError:
+    return InvalidRequestError(
+        f"the cursor is not one this server gave out ({why}); start again without a cursor",
+        code="invalid_cursor",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    """Where a page of :func:`query` results ended: the last record's stored ``ts`` text, its
+    ``seq`` and ``chain``. ``encode()`` gives an opaque URL-safe token; ``decode`` reads one back
+    (``InvalidRequestError``, code ``invalid_cursor``, for anything else)."""
+
+    ts: str
+    seq: int
+    chain: str
+
+    @classmethod
+    def after(cls, record: Record) -> Cursor:
+        return cls(format_ts(record.ts), record.seq, record.chain)
+
+    def encode(self) -> str:
+        raw = json.dumps([self.ts, self.seq, self.chain], separators=(",", ":")).encode()
+        return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+
+    @classmethod
+    def decode(cls, text: str) -> Cursor:
+        if len(text) > _MAX_CURSOR:
+            raise _bad_cursor("too long")
+        try:
+            raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+            data = json.loads(raw)
+        except (binascii.Error, ValueError):
+            raise _bad_cursor("not an encoded position") from None
+        if not (
+            isinstance(data, list)
+            and len(data) == 3
+            and isinstance(data[0], str)
+            and type(data[1]) is int
+            and isinstance(data[2], str)
+        ):
+            raise _bad_cursor("not a position")
+        ts, seq, chain = data
+        if not 1 <= seq <= _MAX_SEQ or "\x00" in chain or "\x00" in ts:
+            raise _bad_cursor("out of range")
+        try:
+            moment = _dt.datetime.fromisoformat(ts)
+        except ValueError:
+            raise _bad_cursor("not a time") from None
+        if moment.tzinfo is None:
+            raise _bad_cursor("not a UTC time")
+        return cls(ts, seq, chain)
 
 
 def query(
@@ -34,6 +99,7 @@ def query(
     kind: EntryKind | None = None,
     chain: str | None = None,
     before_seq: int | None = None,
+    after: Cursor | None = None,
 ) -> list[Record]:
     """Records matching every given filter, newest first, at most ``limit``.
 
@@ -45,8 +111,10 @@ def query(
 
     ``since`` is inclusive and ``until`` exclusive; both compare the recorded ``ts``, which is
     wall time and may jump. ``before_seq`` pages backwards: pass the ``seq`` of the last record
-    of the previous page (with ``chain`` or ``run_id`` when the log has several chains). Raises
-    ``SchemaVersionError`` for a record written by a newer Keel.
+    of the previous page (with ``chain`` or ``run_id`` when the log has several chains). ``after``
+    continues after the record a :class:`Cursor` names, in whichever of the two orders applies
+    (any filters; if a second chain appears between pages, the next page follows ``ts`` order).
+    Raises ``SchemaVersionError`` for a record written by a newer Keel.
     """
     if not 1 <= limit <= MAX_LIMIT:
         raise InvalidRequestError(
@@ -76,27 +144,62 @@ def query(
     if before_seq is not None:
         clauses.append("seq < ?")
         params.append(before_seq)
-    sql = _SELECT
-    if clauses:
-        sql += " WHERE " + " AND ".join(clauses)
     within_chain = chain is not None or run_id is not None or before_seq is not None
-    params.append(limit)
     with store.read() as tx:
         if not within_chain:  # two index look-ups: is there more than one chain at all?
             ends = tx.fetchone("SELECT MIN(chain), MAX(chain) FROM audit_records")
             within_chain = ends is None or ends[0] == ends[1]
+        if after is not None:  # past the cursor's record, in the order below
+            by_seq = "(seq < ? OR (seq = ? AND chain > ?))"
+            if within_chain:
+                clauses.append(by_seq)
+                params += [after.seq, after.seq, after.chain]
+            else:
+                clauses.append(f"(ts < ? OR (ts = ? AND {by_seq}))")
+                params += [after.ts, after.ts, after.seq, after.seq, after.chain]
+        sql = _SELECT
+        if clauses:
+            sql += " WHERE " + " AND ".join(clauses)
         order = "seq DESC, chain" if within_chain else "ts DESC, seq DESC, chain"
-        rows = tx.fetchall(f"{sql} ORDER BY {order} LIMIT ?", params)
+        rows = tx.fetchall(f"{sql} ORDER BY {order} LIMIT ?", [*params, limit])
     return [record_from_row(row) for row in rows]
 
 
-def iter_run_records(store: Store, *, since: _dt.datetime | None = None) -> Iterator[Record]:
-    """Every record made inside a run (``run_id`` set), oldest first, streamed.
+def iter_query(store: Store, *, page: int = 500, **filters: Any) -> Iterator[Record]:
+    """Every record :func:`query` would return with these keyword ``filters`` and no limit, in
+    its order, streamed: one short read of ``page`` records at a time, so memory stays bounded
+    and no transaction is open between pages (the consumer may switch threads). Records appended
+    while it runs are newer than its first page and are not included."""
+    after: Cursor | None = None
+    while True:
+        records = query(store, **filters, limit=page, after=after)
+        yield from records
+        if len(records) < page:
+            return
+        after = Cursor.after(records[-1])
+
+
+def record_at(store: Store, chain: str, seq: int) -> Record | None:
+    """The record at ``seq`` in ``chain``, or None."""
+    if not 1 <= seq <= _MAX_SEQ:
+        return None
+    row = store.read_one(_SELECT + " WHERE chain = ? AND seq = ?", (chain, seq))
+    return None if row is None else record_from_row(row)
+
+
+def iter_run_records(
+    store: Store, *, since: _dt.datetime | None = None, tenant: str | None = None
+) -> Iterator[Record]:
+    """Every record made inside a run (``run_id`` set), oldest first, streamed; only those of
+    ``tenant`` if given (a caller of another tenant may name any run id or workflow).
 
     For history analysis (cost forecasts, reports): memory stays bounded however long the log.
     """
     sql = _SELECT + " WHERE run_id IS NOT NULL"
     params: list[Any] = []
+    if tenant is not None:
+        sql += " AND tenant = ?"
+        params.append(tenant)
     if since is not None:
         sql += " AND ts >= ?"
         params.append(format_ts(since))

@@ -46,7 +46,7 @@ from stdnum.us import ssn as _us_ssn
 from keel.canonical import canonical_json
 from keel.errors import ConfigError
 
-__all__ = ["KINDS", "MIN_SALT_BYTES", "Redactor"]
+__all__ = ["KINDS", "MIN_SALT_BYTES", "Redactor", "StreamRedactor"]
 
 MIN_SALT_BYTES: Final = 16
 
@@ -585,3 +585,67 @@ def _add_iban(hits: list[_Hit], offset: int, text: str) -> None:
         if _iban.is_valid(candidate):
             _add(hits, offset, offset + positions[length - 1] + 1, "iban", candidate)
             return
+
+
+class StreamRedactor:
+    """Redacts text that arrives in pieces (a streamed answer), so that a secret or a piece of
+    personal data split across pieces is still caught (ATTACKS.md #33).
+
+    ``feed(piece)`` returns the text that is safe to pass on now; ``flush()`` the rest at the
+    end. Text is held back until it is at least ``hold`` characters behind the newest piece and
+    ends at whitespace, and never cut inside something the redactor matches; a PEM block is held
+    whole until its end line. A run without whitespace longer than ``max_hold`` is passed on
+    (redacted) anyway so memory stays bounded. Output equals ``redactor.redact`` of the whole
+    text except that markers can differ for values longer than ``hold`` that straddle a cut.
+    One instance per stream; not thread-safe.
+    """
+
+    __slots__ = ("_hold", "_max_hold", "_pending", "_redactor")
+
+    def __init__(self, redactor: Redactor, *, hold: int = 256, max_hold: int = 16384) -> None:
+        self._redactor = redactor
+        self._hold = hold
+        self._max_hold = max(max_hold, hold)
+        self._pending = ""
+
+    def feed(self, piece: str) -> str:
+        """Take the next piece; return the redacted text that can be released now."""
+        if not piece:
+            return ""
+        text = self._pending + piece
+        cut = self._cut(text)
+        if cut <= 0:
+            self._pending = text
+            return ""
+        self._pending = text[cut:]
+        return self._redact(text[:cut])
+
+    def flush(self) -> str:
+        """The end of the stream: the redacted rest."""
+        text, self._pending = self._pending, ""
+        return self._redact(text)
+
+    def _redact(self, text: str) -> str:
+        hits = self._redactor._scan(text)
+        return self._redactor._apply(text, list(hits)) if hits else text
+
+    def _cut(self, text: str) -> int:
+        limit = len(text) - self._hold
+        if limit <= 0:
+            return 0
+        begin = text.find("-----BEGIN")
+        if (
+            begin != -1
+            and text.find("-----END", begin) == -1
+            and len(text) - begin < self._max_hold
+        ):
+            limit = min(limit, begin)  # a key block arriving: hold it until it ends
+        cut = max(text.rfind(" ", 0, limit), text.rfind("\n", 0, limit))
+        if cut <= 0:
+            if len(text) < self._max_hold:
+                return 0
+            cut = limit  # a long run without whitespace: bound the memory
+        for start, end, _kind, _norm in self._redactor._scan(text):
+            if start < cut < end:
+                cut = start
+        return cut

@@ -21,7 +21,7 @@ Memory is bounded by the number of checkpoints, not records: rows are streamed.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -56,7 +56,7 @@ class VerifyReport:
     trusted (in the first chain, by name, that has a problem); ``problem`` describes it. Findings
     without a place in a chain (a malformed anchor line, a record numbered below 1) leave
     ``first_bad_seq`` None when they are the only ones. ``problems`` lists every finding (at most
-    1000).
+    1000). ``chain_records`` counts the records read per chain.
     """
 
     ok: bool
@@ -69,6 +69,44 @@ class VerifyReport:
     checkpoints_checked: int = 0
     signatures_checked: int = 0
     notes: tuple[str, ...] = field(default=())
+    chain_records: Mapping[str, int] = field(default_factory=dict)
+
+    def by_chain(self) -> list[dict[str, Any]]:
+        """One verdict per chain, by name: ``chain``, ``ok``, ``records`` read, and where it
+        cannot be trusted from (``first_bad_seq``, ``problem``) with its number of ``problems``."""
+        out: list[dict[str, Any]] = []
+        for chain in self.chains:
+            found = [p for p in self.problems if p.chain == chain]
+            placed = [p for p in found if p.seq is not None]
+            first = min(placed, key=lambda p: p.seq or 0) if placed else next(iter(found), None)
+            out.append(
+                {
+                    "chain": chain,
+                    "ok": not found,
+                    "records": self.chain_records.get(chain, 0),
+                    "first_bad_seq": None if first is None else first.seq,
+                    "problem": None if first is None else first.message,
+                    "problems": len(found),
+                }
+            )
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe form (for the REST API)."""
+        return {
+            "ok": self.ok,
+            "records_checked": self.records_checked,
+            "first_bad_chain": self.first_bad_chain,
+            "first_bad_seq": self.first_bad_seq,
+            "problem": self.problem,
+            "chains": self.by_chain(),
+            "problems": [
+                {"chain": p.chain, "seq": p.seq, "message": p.message} for p in self.problems
+            ],
+            "checkpoints_checked": self.checkpoints_checked,
+            "signatures_checked": self.signatures_checked,
+            "notes": list(self.notes),
+        }
 
     def summary(self) -> str:
         """One readable paragraph."""
@@ -133,7 +171,7 @@ def verify_chain(
                 checkpoints.setdefault((checkpoint.chain, checkpoint.seq), set()).add(checkpoint)
         if checkpoint_path is not None:
             _load_anchors(checkpoint_path, chain, table_count, checkpoints, findings)
-        ends, checked = _scan(_record_rows(tx, store.dialect, chain), checkpoints, findings)
+        ends, counts = _scan(_record_rows(tx, store.dialect, chain), checkpoints, findings)
 
     chains = set(ends)
     if chain is not None:
@@ -169,7 +207,7 @@ def verify_chain(
         notes.append("checkpoint signatures were not checked (no verifier given)")
     if findings.truncated:
         notes.append(f"only the first {_MAX_PROBLEMS} problems are listed")
-    return _report(findings.items, checked, chains, len(checkpoints), signatures, notes)
+    return _report(findings.items, counts, chains, len(checkpoints), signatures, notes)
 
 
 class _Foreign:
@@ -306,10 +344,12 @@ def _scan(
     rows: Iterable[tuple[Any, ...]],
     checkpoints: dict[tuple[str, int], set[Checkpoint]],
     findings: _Findings,
-) -> tuple[dict[str, int], int]:
-    """Check every row; return the last seq of each chain and the number of rows."""
+) -> tuple[dict[str, int], dict[str, int]]:
+    """Check every row; return the last seq of each chain and the number of rows per chain."""
     ends: dict[str, int] = {}
+    counts: dict[str, int] = {}
     checked = 0
+    chain_start = 0
     current: Any = object()
     label = ""
     expected = 1
@@ -320,6 +360,9 @@ def _scan(
         chain, seq, ts, kind, tenant, agent, run_id, tool, decision, rule_id, body, prev, h = row
         checked += 1
         if chain != current or type(chain) is not type(current):
+            if checked > 1:
+                counts[label] = counts.get(label, 0) + checked - 1 - chain_start
+            chain_start = checked - 1
             current, label = chain, _label(chain)
             expected, last_hash = 1, GENESIS_HASH
         if type(seq) is not int:
@@ -377,17 +420,20 @@ def _scan(
         expected = seq + 1
         if type(chain) is str:
             ends[chain] = seq
-    return ends, checked
+    if checked:
+        counts[label] = counts.get(label, 0) + checked - chain_start
+    return ends, counts
 
 
 def _report(
     problems: list[Problem],
-    checked: int,
+    counts: dict[str, int],
     chains: set[str],
     checkpoints: int,
     signatures: int,
     notes: list[str],
 ) -> VerifyReport:
+    checked = sum(counts.values())
     ordered = tuple(sorted(chains))
     if not problems:
         return VerifyReport(
@@ -397,6 +443,7 @@ def _report(
             checkpoints_checked=checkpoints,
             signatures_checked=signatures,
             notes=tuple(notes),
+            chain_records=counts,
         )
     positioned = [p for p in problems if p.seq is not None and p.chain is not None]
     if positioned:
@@ -416,4 +463,5 @@ def _report(
         checkpoints_checked=checkpoints,
         signatures_checked=signatures,
         notes=tuple(notes),
+        chain_records=counts,
     )

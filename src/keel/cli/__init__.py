@@ -106,6 +106,77 @@ def token_mint(
     sys.stdout.write(token + "\n")
 
 
+@token_app.command("revoke")
+@handle_errors
+def token_revoke(
+    reason: Annotated[str, typer.Option(help="Why (recorded in the audit log).")],
+    jti: Annotated[
+        str | None,
+        typer.Option(help="Token id to revoke (the 'jti' claim; see `keel token inspect`)."),
+    ] = None,
+    agent: Annotated[
+        str | None,
+        typer.Option(help="Revoke every token of this agent minted until now."),
+    ] = None,
+    tenant: Annotated[
+        str | None, typer.Option(help="With --agent: only its tokens in this tenant.")
+    ] = None,
+    actor: Annotated[str, typer.Option(help="Who is revoking (recorded).")] = "cli",
+    config: Path | None = ConfigOption,
+    store: str | None = StoreOption,
+) -> None:
+    """Revoke an agent token (--jti) or all of an agent's tokens (--agent), in every process
+    sharing the store; prints the revocation as JSON."""
+    from keel.app import App
+
+    if (jti is None) == (agent is None):
+        raise typer.BadParameter("pass exactly one of --jti and --agent", param_hint="--jti")
+    with App(resolve_config(config, store)) as keel_app:
+        revocation = keel_app.revoke_token(
+            jti, agent=agent, tenant=tenant, reason=reason, actor=actor
+        )
+    sys.stdout.write(json.dumps(revocation.to_dict(), indent=2) + "\n")
+
+
+@token_app.command("inspect")
+@handle_errors
+def token_inspect(token: Annotated[str, typer.Argument(help="The token text.")]) -> None:
+    """Print a token's claims WITHOUT verifying it (to find its 'jti' for `keel token revoke`)."""
+    from keel.identity import unverified_claims
+
+    sys.stdout.write(json.dumps(unverified_claims(token), indent=2, sort_keys=True) + "\n")
+
+
+@token_app.command("keygen")
+@handle_errors
+def token_keygen(
+    agent: Annotated[str, typer.Option(help="The agent that will sign its requests.")],
+    kid: Annotated[str | None, typer.Option(help="Key id (default: the key's thumbprint).")] = None,
+) -> None:
+    """Make an Ed25519 request-signing key for an agent: prints the private key (give it to the
+    agent) and the `agent_signing_keys` entry for keel.yaml, as JSON."""
+    import json
+
+    from keel.identity import SigningKey
+
+    key = SigningKey.generate(kid)
+    jwk = key.to_jwk()
+    sys.stdout.write(
+        json.dumps(
+            {
+                "kid": key.kid,
+                "agent": agent,
+                "private_key": jwk["d"],
+                "config": {
+                    "agent_signing_keys": {key.kid: {"agent": agent, "public_key": jwk["x"]}}
+                },
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+
+
 def _kill_switches(config: Path | None, store: str | None):  # type: ignore[no-untyped-def]
     from keel.app import App
 

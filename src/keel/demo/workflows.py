@@ -17,7 +17,7 @@ from keel.demo.agent import SYSTEM_REPLY, SYSTEM_TRIAGE, propose_actions
 from keel.demo.models import scripted_models
 from keel.demo.shop import Shop
 from keel.demo.tools import register_procurement_tools, register_tools
-from keel.errors import BudgetExceeded, KeelError
+from keel.errors import BudgetExceeded, KeelError, UsageError
 from keel.runtime import Run
 from keel.testing import FaultPlan
 
@@ -148,8 +148,12 @@ async def _runaway(run: Run, body: str) -> str:
 
 
 def demo_app() -> App:
-    """The App a ``keel worker`` process serves for the demo in ``KEEL_DEMO_DIR``."""
-    directory = os.environ.get("KEEL_DEMO_DIR")
-    if not directory:
-        raise KeyError("KEEL_DEMO_DIR must name the demo folder")
-    return build_demo_app(Path(directory))
+    """The demo's App, for ``keel worker`` and ``keel serve --app keel.demo.workflows:demo_app``:
+    the demo folder is ``KEEL_DEMO_DIR``, else ``./keel-demo`` (where ``keel demo`` writes it)."""
+    directory = Path(os.environ.get("KEEL_DEMO_DIR") or "keel-demo")
+    if not (directory / "keel.yaml").is_file():
+        raise UsageError(
+            f"no demo in {directory.resolve()}: run `keel demo` first, or set KEEL_DEMO_DIR to "
+            "the folder it wrote"
+        )
+    return build_demo_app(directory)

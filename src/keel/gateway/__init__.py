@@ -6,7 +6,7 @@ from keel.gateway.approval import ApprovalGuard
 from keel.gateway.breaker import BreakerState, BreakerStatus, CircuitBreakerGuard, CircuitOpen
 from keel.gateway.budget import LedgerGuard, LimitsCache, LimitsSource, RateLimitGuard
 from keel.gateway.context import CallContext, CallRequest, CallResult
-from keel.gateway.gateway import Gateway
+from keel.gateway.gateway import CallObserver, Gateway, OpenCall
 from keel.gateway.guards import (
     AuthenticateGuard,
     Authenticator,
@@ -30,6 +30,7 @@ __all__ = [
     "BreakerState",
     "BreakerStatus",
     "CallContext",
+    "CallObserver",
     "CallRequest",
     "CallResult",
     "CircuitBreakerGuard",
@@ -46,6 +47,7 @@ __all__ = [
     "LedgerGuard",
     "LimitsCache",
     "LimitsSource",
+    "OpenCall",
     "PolicyGuard",
     "RateLimitGuard",
     "ResolveGuard",

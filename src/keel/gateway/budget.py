@@ -166,6 +166,16 @@ class LedgerGuard(Guard):
         if ctx.reservation is not None:
             self._ledger.release(ctx.reservation, tx=tx)
 
+    def extend(self, ctx: CallContext, cost: Cost) -> None:
+        if ctx.reservation is None:
+            return
+        try:
+            total = self._ledger.extend(ctx.reservation, cost.usd, cost.tokens)
+        except BudgetExceeded as exc:
+            exc.context.setdefault("rule_id", f"budget:{exc.context.get('cap')}")
+            raise
+        ctx.notes["reserved_usd"] = str(total)
+
 
 def _may_have_run(ctx: CallContext) -> bool:
     """Whether a failed call may still have had its effect (and cost): not for tools that only

@@ -10,25 +10,30 @@ audit record, appended in the same transaction as the guards' ``after`` writes.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
-from typing import Any, Protocol
+from contextlib import AbstractContextManager
+from typing import Any, NoReturn, Protocol
 
-from keel.audit import AuditEntry, AuditLog
+from keel.audit import AuditEntry, AuditLog, Record
 from keel.canonical import canonical_json, sha256_hex
-from keel.core import Clock, Principal, Verdict
+from keel.core import Clock, Cost, Principal, Verdict
 from keel.errors import (
     ApprovalRequired,
     InternalError,
     KeelError,
     PolicyDenied,
     ToolError,
+    UsageError,
 )
 from keel.gateway.context import CallContext, CallRequest, CallResult
 from keel.gateway.guards import Guard
 from keel.store import Store
-from keel.tools import ToolContext
+from keel.tools import Tool, ToolContext
 
-__all__ = ["Gateway", "Redactor"]
+__all__ = ["CallObserver", "Gateway", "OpenCall", "Redactor"]
+
+log = logging.getLogger("keel.gateway")
 
 
 class Redactor(Protocol):
@@ -37,11 +42,31 @@ class Redactor(Protocol):
     def redact(self, value: Any) -> Any: ...
 
 
+class CallObserver(Protocol):
+    """Watches governed calls for telemetry (spans, metrics; ``keel.telemetry`` implements it).
+
+    Thread-safe, cheap, and never raises (the gateway logs and ignores an exception from it).
+    ``span(request)`` is entered around :meth:`Gateway.call` / :meth:`Gateway.acall` (None: no
+    span). ``trace_id()`` is the current W3C trace id (32 hex digits, or None), recorded when the
+    request names none. ``observe`` is called once per call, after its audit record committed,
+    with the latency in milliseconds and the error that stopped or failed it (None: it passed).
+    """
+
+    def span(self, request: CallRequest) -> AbstractContextManager[object] | None: ...
+
+    def trace_id(self) -> str | None: ...
+
+    def observe(
+        self, ctx: CallContext, record: Record, latency_ms: float, error: BaseException | None
+    ) -> None: ...
+
+
 class Gateway:
     """Composes guards around tool execution. Thread-safe; one per Keel instance.
 
     ``guards`` run in the given order. The gateway itself only sequences them, executes the tool
-    and records; every rule lives in a guard.
+    and records; every rule lives in a guard. ``observer`` (optional) sees every call for
+    telemetry; without one the gateway does no telemetry work at all.
     """
 
     def __init__(
@@ -52,7 +77,9 @@ class Gateway:
         redactor: Redactor,
         clock: Clock,
         guards: Sequence[Guard],
+        observer: CallObserver | None = None,
     ) -> None:
+        self._observer = observer
         self._store = store
         self._audit = audit
         self._redactor = redactor
@@ -79,6 +106,15 @@ class Gateway:
 
     def call(self, request: CallRequest) -> CallResult:
         """Govern and execute ``request`` on this thread. Raises the KeelError that stopped it."""
+        observer = self._observer
+        if observer is not None:
+            span = observer.span(request)
+            if span is not None:
+                with span:
+                    return self._call(request)
+        return self._call(request)
+
+    def _call(self, request: CallRequest) -> CallResult:
         ctx, ran = self._before(request)
         if self._executes(ctx):
             tool = ctx.tool
@@ -93,6 +129,15 @@ class Gateway:
 
     async def acall(self, request: CallRequest) -> CallResult:
         """Async form of :meth:`call`; async tools are awaited, sync tools run in a thread."""
+        observer = self._observer
+        if observer is not None:
+            span = observer.span(request)
+            if span is not None:
+                with span:
+                    return await self._acall(request)
+        return await self._acall(request)
+
+    async def _acall(self, request: CallRequest) -> CallResult:
         ctx, ran = self._before(request)
         if self._executes(ctx):
             tool = ctx.tool
@@ -104,6 +149,19 @@ class Gateway:
             except Exception as exc:
                 ctx.error = _as_tool_error(exc, tool.spec.name)
         return self._finish(ctx, ran)
+
+    def open(self, request: CallRequest) -> OpenCall:
+        """Govern ``request`` and hand back the call to execute by the caller, piece by piece.
+
+        For results that arrive as a stream: every guard has passed (or this raised the
+        KeelError that stopped the call, recorded as for :meth:`call`). The caller runs the
+        target, may ask for more budget as it goes (:meth:`OpenCall.extend`), and must end the
+        call exactly once with :meth:`OpenCall.finish` or :meth:`OpenCall.fail`, which record
+        it. A replayed or cached outcome, or a shadowed call, must not be executed
+        (``OpenCall.executes`` is False): finish it with no result.
+        """
+        ctx, ran = self._before(request)
+        return OpenCall(self, ctx, ran)
 
     @staticmethod
     def _executes(ctx: CallContext) -> bool:
@@ -154,6 +212,8 @@ class Gateway:
         finally:
             self._done(ctx, ran)
         self._audit.flush()
+        if self._observer is not None:
+            self._observe(ctx, record, error)
         error.context.setdefault("record_seq", record.seq)
         error.context.setdefault("record_chain", record.chain)
         error.context.setdefault("rule_id", verdict.rule_id)
@@ -207,6 +267,8 @@ class Gateway:
         finally:
             self._done(ctx, ran)
         self._audit.flush()
+        if self._observer is not None:
+            self._observe(ctx, record, ctx.error)
         if replay is not None:
             if not replay.get("ok"):
                 raise ToolError(
@@ -248,6 +310,22 @@ class Gateway:
             record_chain=record.chain,
         )
 
+    def _trace_id(self) -> str | None:
+        assert self._observer is not None
+        try:
+            return self._observer.trace_id()
+        except Exception:  # telemetry never costs a call its record
+            log.exception("the call observer failed; the record has no trace id")
+            return None
+
+    def _observe(self, ctx: CallContext, record: Record, error: BaseException | None) -> None:
+        observer = self._observer
+        assert observer is not None
+        try:
+            observer.observe(ctx, record, (self._clock.monotonic() - ctx.started) * 1000.0, error)
+        except Exception:  # telemetry never changes a call's outcome
+            log.exception("the call observer failed; the call itself is unaffected")
+
     def _done(self, ctx: CallContext, ran: list[Guard]) -> None:
         for guard in self._needs_done:
             if guard in ran:
@@ -263,6 +341,8 @@ class Gateway:
             "verdict": verdict.to_record(),
             "trace_id": request.trace_id,
         }
+        if request.trace_id is None and self._observer is not None:
+            body["trace_id"] = self._trace_id()
         if ctx.tool is not None:
             body["effect"] = ctx.tool.spec.effect
         if ctx.args_json is not None:
@@ -343,3 +423,117 @@ def _as_tool_error(exc: Exception, tool: str) -> KeelError:
         retryable=False,
         context={"tool": tool, "exception": type(exc).__name__},
     )
+
+
+class OpenCall:
+    """A governed call whose target the caller executes (see :meth:`Gateway.open`).
+
+    Not thread-safe: one caller drives it. ``executes`` says whether the target may run;
+    ``replay`` holds a recorded or cached outcome when it may not. ``extend`` holds more
+    budget, ``finish``/``fail`` record the call (the first of them wins; later ones raise).
+    """
+
+    __slots__ = ("_ctx", "_ended", "_gateway", "_ran")
+
+    def __init__(self, gateway: Gateway, ctx: CallContext, ran: list[Guard]) -> None:
+        self._gateway = gateway
+        self._ctx = ctx
+        self._ran = ran
+        self._ended = False
+
+    @property
+    def executes(self) -> bool:
+        return Gateway._executes(self._ctx)
+
+    @property
+    def replay(self) -> dict[str, Any] | None:
+        return self._ctx.replay
+
+    @property
+    def tool(self) -> Tool:
+        tool = self._ctx.tool
+        assert tool is not None
+        return tool
+
+    @property
+    def arguments(self) -> dict[str, Any]:
+        arguments = self._ctx.arguments
+        assert arguments is not None
+        return arguments
+
+    @property
+    def verdict(self) -> Verdict:
+        verdict = self._ctx.verdict
+        assert verdict is not None
+        return verdict
+
+    @property
+    def principal(self) -> Principal:
+        principal = self._ctx.principal
+        assert principal is not None
+        return principal
+
+    @property
+    def held_usd(self) -> str | None:
+        """The budget held for this call so far (a decimal string), None without caps."""
+        held = self._ctx.notes.get("reserved_usd")
+        return None if held is None else str(held)
+
+    def tool_context(self) -> ToolContext:
+        return Gateway._tool_context(self._ctx)
+
+    def note(self, key: str, value: Any) -> None:
+        """Add a fact to the call's audit record (``notes``)."""
+        self._ctx.notes[key] = value
+
+    def extend(self, cost: Cost) -> None:
+        """Hold ``cost`` more for this call on every cap, or raise BudgetExceeded (nothing
+        held). The call goes on; the caller decides to stop it."""
+        self._check_open()
+        for guard in self._ran:
+            if type(guard).extend is not Guard.extend:
+                guard.extend(self._ctx, cost)
+
+    def recheck(self) -> None:
+        """Run again the checks that can change while a call runs (authentication, kill
+        switches); raise the KeelError of the first that now refuses. The call is not ended."""
+        self._check_open()
+        for guard in self._ran:
+            if type(guard).rechecks:
+                guard.before(self._ctx)
+
+    def finish(self, result: Any = None) -> CallResult:
+        """Record the call with ``result`` (the target's answer; ignored when the call did not
+        execute) and return its CallResult, as :meth:`Gateway.call` would."""
+        self._check_open()
+        self._ended = True
+        ctx = self._ctx
+        if Gateway._executes(ctx):
+            assert ctx.tool is not None
+            try:
+                ctx.result = ctx.tool.spec.normalize_result(result)
+            except Exception as exc:
+                ctx.error = _as_tool_error(exc, ctx.tool.spec.name)
+        return self._gateway._finish(ctx, self._ran)
+
+    def fail(self, error: BaseException) -> NoReturn:
+        """Record the call as failed with ``error`` and raise it (as a KeelError)."""
+        self._check_open()
+        self._ended = True
+        ctx = self._ctx
+        assert ctx.tool is not None
+        ctx.error = (
+            _as_tool_error(error, ctx.tool.spec.name)
+            if isinstance(error, Exception)
+            else (ToolError(f"call {ctx.tool.spec.name} was interrupted", retryable=False))
+        )
+        self._gateway._finish(ctx, self._ran)
+        raise InternalError("a failed call was recorded as a success")  # pragma: no cover
+
+    @property
+    def ended(self) -> bool:
+        return self._ended
+
+    def _check_open(self) -> None:
+        if self._ended:
+            raise UsageError("this call has already been recorded")

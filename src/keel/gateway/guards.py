@@ -14,7 +14,7 @@ import datetime as _dt
 from typing import ClassVar, Literal, Protocol
 
 from keel.canonical import canonical_json, check_depth, sha256_hex
-from keel.core import Call, Clock, Effect, Principal, Verdict
+from keel.core import Call, Clock, Cost, Effect, Principal, Verdict
 from keel.errors import (
     AuthorizationError,
     InternalError,
@@ -74,6 +74,10 @@ class Guard:
     #: only when every guard that writes in it says so; otherwise in an exclusive one.
     keyed_safe: ClassVar[bool] = False
 
+    #: True when ``before`` may run again while a long call is executing (a stream), to stop
+    #: it when its grounds are gone (a kill switch engaged, the agent's token revoked).
+    rechecks: ClassVar[bool] = False
+
     def before(self, ctx: CallContext) -> None:
         """Check or prepare the call; raise a KeelError to stop it."""
 
@@ -86,9 +90,14 @@ class Guard:
     def done(self, ctx: CallContext) -> None:
         """The call's record transaction has ended (committed or not); release local state."""
 
+    def extend(self, ctx: CallContext, cost: Cost) -> None:
+        """A running call needs ``cost`` more than was held for it (a streamed answer outran
+        its estimate): hold it too, or raise a KeelError (the caller stops the call)."""
+
 
 class AuthenticateGuard(Guard):
     name = "authenticate"
+    rechecks = True
 
     def __init__(self, authenticator: Authenticator) -> None:
         self._auth = authenticator
@@ -123,7 +132,14 @@ class ResolveGuard(Guard):
         arguments = tool.spec.arguments.validate(tool.spec.name, raw)
         ctx.arguments = arguments
         args_json = canonical_json(arguments)  # depth was checked on the raw arguments
-        size = len(args_json) if args_json.isascii() else len(args_json.encode("utf-8"))
+        try:
+            size = len(args_json) if args_json.isascii() else len(args_json.encode("utf-8"))
+        except UnicodeEncodeError as exc:
+            raise InvalidRequestError(
+                f"arguments for {tool.spec.name} contain text that is not valid Unicode "
+                f"(a lone surrogate {args_json[exc.start]!a})",
+                code="invalid_arguments",
+            ) from None
         if size > self._max_bytes:
             raise PayloadTooLargeError(
                 f"arguments for {tool.spec.name} are {size} bytes; the limit is "
@@ -149,6 +165,7 @@ class ResolveGuard(Guard):
 
 class KillSwitchGuard(Guard):
     name = "kill_switch"
+    rechecks = True
 
     def __init__(self, switches: KillSwitches) -> None:
         self._switches = switches

@@ -6,6 +6,8 @@
 - ``delegation``: ``delegate()`` mints a narrower, no-longer-lived token for a sub-agent.
 - ``signing``: ``sign_request()`` / ``RequestVerifier`` for HTTP request signatures with a
   replay cache kept in the store.
+- ``revocation``: ``StoredRevocations``, token and agent revocations kept in the store, so that
+  they reach every process sharing it (bounded staleness, like kill switches).
 - ``operators``: ``OperatorKeys``, hashed API keys with a role per tenant for people using the
   HTTP server.
 
@@ -26,6 +28,13 @@ from keel.identity.keys import (
     check_kid,
 )
 from keel.identity.operators import ROLES, OperatorKey, OperatorKeys
+from keel.identity.revocation import (
+    REVOCATION_CHANNEL,
+    Revocation,
+    RevocationKind,
+    StoredRevocations,
+    unverified_claims,
+)
 from keel.identity.signing import (
     DEFAULT_WINDOW,
     HEADER_DIGEST,
@@ -70,6 +79,7 @@ __all__ = [
     "MAX_TOKEN_LENGTH",
     "MAX_TTL",
     "MIN_TTL",
+    "REVOCATION_CHANNEL",
     "ROLES",
     "ActorLink",
     "KeySet",
@@ -78,11 +88,14 @@ __all__ = [
     "PublicKey",
     "PublicKeyResolver",
     "RequestVerifier",
+    "Revocation",
+    "RevocationKind",
     "RevocationSet",
     "SignatureVerifier",
     "SignedRequest",
     "Signer",
     "SigningKey",
+    "StoredRevocations",
     "TokenIssuer",
     "TokenVerifier",
     "VerifiedToken",
@@ -93,4 +106,5 @@ __all__ = [
     "scope_covers",
     "sign_request",
     "signature_base",
+    "unverified_claims",
 ]

@@ -297,7 +297,14 @@ class RevocationSet:
     default for ``retention`` from now (25 minutes: longer than any token can live, 15 minutes
     plus twice the largest leeway), then pruned on a later ``revoke``. Membership tests take no
     lock.
+
+    This set lives in process memory. ``keel.identity.StoredRevocations`` is the subclass an
+    ``App`` uses: kept in the store, so a revocation reaches every process sharing it, and able
+    to revoke every token of an agent.
     """
+
+    #: Monotonic time at which ``refresh()`` is next due (never, for a set in memory only).
+    _next_refresh: float = math.inf
 
     def __init__(
         self,
@@ -308,6 +315,44 @@ class RevocationSet:
         self._retention = retention
         self._lock = threading.Lock()
         self._entries: dict[str, _dt.datetime] = {}
+        #: agent id -> ((tenant or None for every tenant, cutoff), ...): tokens of the agent in
+        #: that tenant issued (``iat``) before ``cutoff`` (epoch seconds) are refused.
+        self._agents: dict[str, tuple[tuple[str | None, float], ...]] = {}
+
+    def refresh(self) -> None:
+        """Reload from the shared source, if there is one (nothing to do in memory)."""
+
+    def _poll(self) -> None:
+        """Called by a verifier once ``_next_refresh`` has passed (never, in memory)."""
+        self.refresh()
+
+    def refusal(
+        self, verified: VerifiedToken, token_ids: Sequence[str] | None = None
+    ) -> tuple[str, str] | None:
+        """Why ``verified`` is refused: ``("token", jti)`` or ``("agent", agent_id)``, or None.
+
+        ``token_ids`` defaults to ``verified.token_ids``. Reads the current view without a lock
+        and without I/O (call ``refresh()`` first for a fresh one).
+        """
+        entries = self._entries
+        if entries:
+            for jti in verified.token_ids if token_ids is None else token_ids:
+                if jti in entries:
+                    return ("token", jti)
+        agents = self._agents
+        if agents:
+            principal = verified.principal
+            for agent in (
+                (principal.agent_id, *principal.act) if principal.act else (principal.agent_id,)
+            ):
+                cutoffs = agents.get(agent)
+                if cutoffs is None:
+                    continue
+                issued = verified.issued_at.timestamp()
+                for tenant, cutoff in cutoffs:
+                    if issued < cutoff and (tenant is None or tenant == principal.tenant):
+                        return ("agent", agent)
+        return None
 
     def revoke(self, jti: str, *, until: _dt.datetime | None = None) -> None:
         """Refuse token ``jti`` (and every token delegated from it) from now on."""
@@ -414,7 +459,9 @@ class TokenVerifier:
     ``iat``. ``cache_size`` bounds the verified-token cache (0 disables it). ``revocations``
     may be shared between verifiers; it is consulted on every call, cache hits included.
 
-    Thread-safe; ``verify`` does not block (beyond a short internal lock) and does no I/O.
+    Thread-safe; ``verify`` does not block (beyond a short internal lock) and does no I/O, except
+    that a store-backed ``revocations`` (``StoredRevocations``) reloads from its store when its
+    refresh period has passed: one read at most every period, not one per call.
     """
 
     def __init__(
@@ -475,11 +522,14 @@ class TokenVerifier:
         except KeyError:
             pass
         verified, deadline, token_ids, _version = entry
-        revoked = self.revocations._entries
-        if revoked:
-            for jti in token_ids:
-                if jti in revoked:
-                    raise self._revoked(jti, verified)
+        revocations = self.revocations
+        due = revocations._next_refresh
+        if due < math.inf and due <= revocations._clock.monotonic():
+            revocations._poll()
+        if revocations._entries or revocations._agents:
+            hit = revocations.refusal(verified, token_ids)
+            if hit is not None:
+                raise self._revoked(hit, verified)
         if self._clock.now() >= deadline:
             self._cache.pop(token, None)
             raise self._expired(verified.expires_at)
@@ -496,13 +546,23 @@ class TokenVerifier:
             expires_at=expires_at.isoformat(),
         )
 
-    def _revoked(self, jti: str, verified: VerifiedToken) -> AuthenticationError:
-        own = jti == verified.principal.token_id
+    def _revoked(self, hit: tuple[str, str], verified: VerifiedToken) -> AuthenticationError:
+        kind, target = hit
+        if kind == "agent":
+            own = target == verified.principal.agent_id
+            whose = f"agent {target!r}" if own else f"agent {target!r}, which delegated it,"
+            return _refuse(
+                "token_revoked",
+                f"token is revoked (every token of {whose} issued before its revocation was "
+                "revoked; mint a new token once the agent may act again)",
+                agent=target,
+            )
+        own = target == verified.principal.token_id
         what = "token" if own else "token it was delegated from"
         return _refuse(
             "token_revoked",
-            f"token is revoked (the {what}, id {jti!r}, was revoked)",
-            token_id=jti,
+            f"token is revoked (the {what}, id {target!r}, was revoked)",
+            token_id=target,
         )
 
     def _segment_json(self, segment: str, what: str) -> dict[str, Any]:
@@ -564,11 +624,14 @@ class TokenVerifier:
         claims = self._segment_json(payload_b64, "payload")
         verified = self._check_claims(claims, key_id)
         token_ids = verified.token_ids
-        revoked = self.revocations._entries
-        if revoked:
-            for jti in token_ids:
-                if jti in revoked:
-                    raise self._revoked(jti, verified)
+        revocations = self.revocations
+        due = revocations._next_refresh
+        if due < math.inf and due <= revocations._clock.monotonic():
+            revocations._poll()
+        if revocations._entries or revocations._agents:
+            hit = revocations.refusal(verified, token_ids)
+            if hit is not None:
+                raise self._revoked(hit, verified)
         if self._cache_size:
             deadline = verified.expires_at + self._leeway
             with self._lock:

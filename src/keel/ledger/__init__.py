@@ -2,7 +2,8 @@
 
 - :class:`Ledger` (``keel.ledger.ledger``): caps on money, tokens and calls per call, run,
   workflow, agent, tenant, UTC day and argument value; atomic reservations, settlement,
-  release, expiry of stale holds, burn alerts, reports.
+  release, expiry of stale holds, burn alerts, reports (counters; spend in total or grouped by
+  tenant, agent, workflow, run or target).
 - :class:`RateLimiter` (``keel.ledger.ratelimit``): token buckets per agent, tenant, tool and
   model, shared through the store.
 
@@ -31,6 +32,7 @@ Money is exact: ``Decimal`` USD in and out, integer micro-dollars in the store.
 from __future__ import annotations
 
 from keel.ledger._money import MAX_AMOUNT_USD, MICROS_PER_USD
+from keel.ledger._spend import SPEND_GROUPS, SpendFilter, SpendGroup
 from keel.ledger.caps import (
     DIMENSIONS,
     WINDOWS,
@@ -81,6 +83,7 @@ __all__ = [
     "MAX_AMOUNT_USD",
     "MICROS_PER_USD",
     "MIN_OBSERVATIONS",
+    "SPEND_GROUPS",
     "WINDOWS",
     "Backtest",
     "BucketKey",
@@ -107,6 +110,8 @@ __all__ = [
     "Settlement",
     "SettlementOutcome",
     "Spend",
+    "SpendFilter",
+    "SpendGroup",
     "Window",
     "argument_amount",
     "argument_key",

@@ -23,9 +23,12 @@ __all__ = [
     "COUNTER_COLUMNS",
     "COUNTER_SELECT",
     "EXPIRE_ONE",
+    "EXTEND_COUNTER",
+    "EXTEND_RESERVATION",
     "FIND_STALE",
     "HAS_STALE",
     "INSERT_RESERVATION",
+    "LOCK_HELD",
     "MOVE_COUNTER",
     "READ_COUNTER",
     "RELEASE",
@@ -124,6 +127,27 @@ MOVE_COUNTER: Final = (
     "reserved_tokens = reserved_tokens - ?, spent_tokens = spent_tokens + ?, "
     "reserved_calls = reserved_calls - ?, spent_calls = spent_calls + ?, "
     f"updated_at = ? WHERE {_PK}"
+)
+
+#: Grow a held charge by (usd, tokens), only if the cap still fits: 0 rows changed means it does
+#: not (the streaming top-up of ``Ledger.extend``).
+EXTEND_COUNTER: Final = (
+    f"UPDATE {_C} SET reserved_usd = reserved_usd + ?, reserved_tokens = reserved_tokens + ?, "
+    f"updated_at = ? WHERE {_PK} "
+    f"AND spent_usd + reserved_usd + ? <= COALESCE(limit_usd, {_CEILING}) "
+    f"AND spent_tokens + reserved_tokens + ? <= COALESCE(limit_tokens, {_CEILING})"
+)
+
+#: Read (and on PostgreSQL, lock) a held reservation's charges before growing it.
+LOCK_HELD: Final = (
+    "UPDATE ledger_reservations SET tokens = tokens WHERE reservation_id = ? AND status = 'held' "
+    "RETURNING tenant, charges"
+)
+
+#: Record the grown hold on a reservation that is still held.
+EXTEND_RESERVATION: Final = (
+    "UPDATE ledger_reservations SET amount_usd = amount_usd + ?, tokens = tokens + ?, "
+    "charges = ? WHERE reservation_id = ? AND status = 'held' RETURNING tenant, amount_usd"
 )
 
 INSERT_RESERVATION: Final = (

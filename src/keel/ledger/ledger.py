@@ -48,7 +48,7 @@ import datetime as _dt
 import json
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Final, Literal, NoReturn
+from typing import Any, Final, Literal, NoReturn, Unpack
 
 from keel.canonical import canonical_json
 from keel.core import Clock, new_id
@@ -67,6 +67,7 @@ from keel.ledger._money import (
     to_micros,
     units,
 )
+from keel.ledger._spend import SPEND_GROUPS, SpendFilter, SpendGroup, spend_rows
 from keel.ledger.caps import Cap, ReservationRequest
 from keel.ledger.records import (
     BudgetLine,
@@ -92,6 +93,10 @@ def _ts(moment: _dt.datetime) -> str:
     if moment.utcoffset() != _dt.timedelta(0):
         moment = moment.astimezone(_UTC)
     return moment.isoformat(timespec="microseconds")
+
+
+def _ts_or_none(moment: _dt.datetime | None) -> str | None:
+    return None if moment is None else _ts(moment)
 
 
 def _parse_ts(text: str) -> _dt.datetime:
@@ -523,6 +528,79 @@ class Ledger:
             },
         )
 
+    # -- extend --------------------------------------------------------------------------------
+
+    def extend(self, reservation_id: str, amount_usd: Decimal, tokens: int = 0) -> Decimal:
+        """Grow a held reservation by ``amount_usd`` and ``tokens`` on every cap it charges, or
+        raise BudgetExceeded and change nothing. Returns the reservation's new total hold.
+
+        For calls whose cost is only known as they go (a streamed model answer whose upstream
+        outruns the estimate): each top-up is checked against every cap exactly like a
+        reservation, all or nothing, so the hold can never take a cap past its limit. Caps
+        that sum an argument keep their hold (the argument did not change). A reservation that
+        is no longer held (settled, released, expired) cannot grow: InvalidRequestError with
+        code ``reservation_not_held``.
+        """
+        usd = to_micros(amount_usd, "amount_usd")
+        grow_tokens = units(tokens, "tokens")
+        with self._store.write(locks=()) as tx:
+            row = tx.fetchone(_sql.LOCK_HELD, (reservation_id,))
+            if row is None:
+                raise InvalidRequestError(
+                    f"reservation {reservation_id!r} is not held: it cannot grow",
+                    code="reservation_not_held",
+                    context={"reservation_id": reservation_id},
+                )
+            tenant, charges_json = row
+            now_s = _ts(self._clock.now())
+            grown: list[list[Any]] = []
+            for ident, c_usd, c_tokens, c_calls, priced in _charges(charges_json):
+                add_usd = usd if priced else 0
+                changed = tx.execute(
+                    _sql.EXTEND_COUNTER,
+                    (add_usd, grow_tokens, now_s, tenant, *ident, add_usd, grow_tokens),
+                )
+                if changed != 1:
+                    raise self._not_extended(tx, tenant, ident, reservation_id, add_usd, tokens)
+                grown.append([*ident, c_usd + add_usd, c_tokens + grow_tokens, c_calls, priced])
+            total = tx.fetchone(
+                _sql.EXTEND_RESERVATION,
+                (usd, grow_tokens, json.dumps(grown, separators=(",", ":")), reservation_id),
+            )
+            assert total is not None  # the row is locked and held
+            return from_micros(int(total[1]))
+
+    @staticmethod
+    def _not_extended(
+        tx: Transaction,
+        tenant: str,
+        ident: tuple[str, str, str, str],
+        rid: str,
+        usd: int,
+        tokens: int,
+    ) -> BudgetExceeded:
+        cap_id, scope, key, period = ident
+        row = tx.fetchone(_sql.READ_COUNTER, (tenant, *ident))
+        line = None if row is None else _line(tenant, row)
+        where = f"{scope} {key!r}" + (f" on {period}" if period else "")
+        limit = "none" if line is None or line.limit_usd is None else f"${line.limit_usd}"
+        return BudgetExceeded(
+            f"cap {cap_id!r} ({where}) has no room to grow this call's hold by "
+            f"${from_micros(usd)} / {tokens} tokens (limit {limit}"
+            + ("" if line is None else f", spent ${line.spent_usd}, held ${line.reserved_usd}")
+            + ")",
+            context={
+                "cap": cap_id,
+                "scope": scope,
+                "key": key,
+                "period": period,
+                "tenant": tenant,
+                "reservation_id": rid,
+                "requested": str(from_micros(usd)),
+                "requested_tokens": tokens,
+            },
+        )
+
     # -- settle / release ----------------------------------------------------------------------
 
     def settle(
@@ -714,65 +792,27 @@ class Ledger:
             rows = tx.fetchall(sql, params)
         return [_line(row[0], row) for row in rows]
 
-    def spend_by(
-        self,
-        *,
-        tenant: str | None = None,
-        agent: str | None = None,
-        workflow: str | None = None,
-        run_id: str | None = None,
-        target: str | None = None,
-        since: _dt.datetime | None = None,
-        until: _dt.datetime | None = None,
-    ) -> Spend:
-        """Totals over reservations made in ``[since, until)`` matching the filters: settled
-        spend at the calls' prices (argument sums are not spend), current holds, counts."""
-        where: list[str] = []
-        params: list[Any] = []
-        for column, value in (
-            ("tenant", tenant),
-            ("agent", agent),
-            ("workflow", workflow),
-            ("run_id", run_id),
-            ("target", target),
-        ):
-            if value is not None:
-                where.append(f"{column} = ?")
-                params.append(value)
-        if since is not None:
-            where.append("created_at >= ?")
-            params.append(_ts(since))
-        if until is not None:
-            where.append("created_at < ?")
-            params.append(_ts(until))
-        sql = (
-            "SELECT "
-            "COALESCE(SUM(CASE WHEN status = 'settled' THEN actual_usd ELSE 0 END), 0), "
-            "COALESCE(SUM(CASE WHEN status = 'settled' THEN actual_tokens ELSE 0 END), 0), "
-            "COALESCE(SUM(CASE WHEN status = 'settled' THEN calls ELSE 0 END), 0), "
-            "COALESCE(SUM(CASE WHEN status = 'held' THEN amount_usd ELSE 0 END), 0), "
-            "COALESCE(SUM(CASE WHEN status = 'held' THEN tokens ELSE 0 END), 0), "
-            "COALESCE(SUM(CASE WHEN status = 'held' THEN calls ELSE 0 END), 0), "
-            "COUNT(*), "
-            "COALESCE(SUM(CASE WHEN status = 'settled' AND (actual_usd > amount_usd "
-            "OR actual_tokens > tokens) THEN 1 ELSE 0 END), 0) "
-            "FROM ledger_reservations"
-        )
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        with self._store.read() as tx:
-            row = tx.fetchone(sql, params)
-        assert row is not None
-        return Spend(
-            spent_usd=from_micros(int(row[0])),
-            spent_tokens=int(row[1]),
-            spent_calls=int(row[2]),
-            reserved_usd=from_micros(int(row[3])),
-            reserved_tokens=int(row[4]),
-            reserved_calls=int(row[5]),
-            reservations=int(row[6]),
-            overruns=int(row[7]),
-        )
+    def spend_by(self, **filters: Unpack[SpendFilter]) -> Spend:
+        """Totals over reservations made in ``[since, until)`` matching the filters (tenant,
+        agent, workflow, run_id, target): settled spend at the calls' prices (argument sums are
+        not spend), current holds, counts."""
+        return self._spend(None, filters, 1)[0][1]
+
+    def spend_grouped(
+        self, by: SpendGroup, *, limit: int = 1000, **filters: Unpack[SpendFilter]
+    ) -> list[tuple[str | None, Spend]]:
+        """Like :meth:`spend_by`, one line per value of ``by`` (``tenant``, ``agent``,
+        ``workflow``, ``run_id`` or ``target``: the tool or model), most spent first, at most
+        ``limit`` lines. The value is None for calls outside a workflow or run."""
+        return self._spend(by, filters, limit)
+
+    def _spend(
+        self, by: SpendGroup | None, filters: SpendFilter, limit: int
+    ) -> list[tuple[str | None, Spend]]:
+        given: dict[str, Any] = dict(filters)
+        columns = [(column, given.get(column)) for column in SPEND_GROUPS]
+        since, until = _ts_or_none(given.get("since")), _ts_or_none(given.get("until"))
+        return spend_rows(self._store, by, columns, since, until, limit)
 
     def prune(self, before: _dt.datetime) -> tuple[int, int]:
         """Delete finished reservations that ended before ``before``, and day-window counters of

@@ -182,6 +182,10 @@ class CompiledPolicy:
             return False
         return not scope.workflows or (workflow is not None and self._workflows.matches(workflow))
 
+    def covers_tenant(self, tenant: str) -> bool:
+        """Whether the scope admits ``tenant`` (a document without tenants admits every one)."""
+        return not self.scope.tenants or self._tenants.matches(tenant)
+
     # -- per-name resolution --------------------------------------------------------------------
 
     def tool_part(self, tool: str) -> ToolPart:

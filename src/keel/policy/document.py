@@ -652,3 +652,31 @@ class PolicyDocument:
     def hash(self) -> str:
         """``sha256:<hex>`` of the canonical JSON of :meth:`to_dict`."""
         return digest(self.to_dict())
+
+    def rule_ids(self) -> tuple[str, ...]:
+        """Every rule id a verdict of this document can name, in document order: the tool and
+        model lists, ``approval_required``, ``two_person_rule``, each constraint, threshold,
+        time window and custom rule, ``deny_external_email``, and the autonomy rule (L1, L2)."""
+        ids = [
+            rule_id
+            for rule_id, present in (
+                ("tools.deny", self.tools_deny),
+                ("tools.allow", self.tools_allow),
+                ("models.deny", self.models_deny),
+                ("models.allow", self.models_allow),
+                ("approval_required", self.approval_required),
+                ("two_person_rule", self.two_person_rule),
+            )
+            if present
+        ]
+        ids += [c.id for c in self.constraints]
+        if self.allowed_vendors is not None:
+            ids.append("allowed_vendors")
+        ids += [t.id for t in self.thresholds]
+        if self.email.deny_external:
+            ids.append("deny_external_email")
+        ids += [w.id for w in self.time_windows]
+        ids += [r.id for r in self.rules]
+        if self.autonomy in ("L1", "L2"):
+            ids.append(f"autonomy.{self.autonomy}")
+        return tuple(dict.fromkeys(ids))

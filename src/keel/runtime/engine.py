@@ -29,6 +29,7 @@ import logging
 import random
 import threading
 from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -177,7 +178,8 @@ class Run:
             result = await asyncio.to_thread(self._rt.app.gateway.call, request)
             return result.value
 
-        return await self._step("tool", name, args, execute)
+        with self._step_span("tool", name):
+            return await self._step("tool", name, args, execute)
 
     async def model(
         self,
@@ -213,7 +215,8 @@ class Run:
             return outcome.response.to_dict()
 
         target = str(data.get("model") or tier or task_class or "model")
-        value: dict[str, Any] = await self._step("model", target, data, execute)
+        with self._step_span("model", target):
+            value: dict[str, Any] = await self._step("model", target, data, execute)
         return value
 
     async def sleep(self, duration: float | _dt.timedelta) -> None:
@@ -245,6 +248,23 @@ class Run:
     def escalate(self, reason: str) -> NoReturn:
         """Hand the run to a person: it ends ``escalated`` with the reason, recorded."""
         raise _Stop("escalated", reason)
+
+    def phase(self, name: str) -> AbstractContextManager[object]:
+        """``with run.phase("plan"):`` — a named phase of an agent loop (plan, retrieve, decide,
+        act, verify, respond): its steps nest under a span of that name when tracing is on."""
+        return self._rt.app.telemetry.phase_span(name, run_id=self.run_id)
+
+    def _step_span(self, kind: str, target: str) -> AbstractContextManager[object]:
+        """The next step's span (none for a step answered from the journal) and log ids."""
+        step_id = str(self._ex.position)
+        entry = self._ex.steps.get(step_id)
+        return self._rt.app.telemetry.step_span(
+            run_id=self.run_id,
+            step_id=step_id,
+            kind=kind,
+            target=target,
+            replayed=entry is not None and entry.status in ("succeeded", "failed"),
+        )
 
     # -- the step protocol -----------------------------------------------------------------------
 
@@ -534,6 +554,15 @@ class Runtime:
 
     def execute(self, record: RunRecord, owner: str) -> str:
         """Run (or resume) one claimed run until it ends or waits; returns its new status."""
+        telemetry = self.app.telemetry
+        with telemetry.run_span(
+            run_id=record.run_id, workflow=record.workflow, tenant=record.tenant, agent=record.agent
+        ) as span:
+            status = self._execute(record, owner)
+            telemetry.end_run(span, status)
+            return status
+
+    def _execute(self, record: RunRecord, owner: str) -> str:
         definition = self.app.workflow_def(record.workflow)
         if record.deadline is not None and self.clock.now() > record.deadline:
             self.runs.transition(

@@ -73,11 +73,16 @@ class RunSummary:
 
 
 def run_summaries(
-    store: Store, *, workflow: str | None = None, since: _dt.datetime | None = None
+    store: Store,
+    *,
+    workflow: str | None = None,
+    since: _dt.datetime | None = None,
+    tenant: str | None = None,
 ) -> list[RunSummary]:
-    """One summary per run, in the order runs started; ``workflow`` filters."""
+    """One summary per run, in the order runs started; ``workflow`` filters, and ``tenant`` keeps
+    only that tenant's records (an agent may name another tenant's workflow or run id)."""
     runs: dict[str, RunSummary] = {}
-    for record in iter_run_records(store, since=since):
+    for record in iter_run_records(store, since=since, tenant=tenant):
         run_id = record.entry.run_id
         assert run_id is not None
         summary = runs.get(run_id)
@@ -89,9 +94,10 @@ def run_summaries(
 
 
 def run_observations(
-    store: Store, workflow: str, *, since: _dt.datetime | None = None
+    store: Store, workflow: str, *, since: _dt.datetime | None = None, tenant: str | None = None
 ) -> list[RunObservation]:
-    """The forecast's inputs for ``workflow``: one observation per recorded run."""
+    """The forecast's inputs for ``workflow``: one observation per recorded run (of ``tenant``'s
+    records only, if given)."""
     return [
         RunObservation(
             workflow=workflow,
@@ -105,5 +111,5 @@ def run_observations(
             retries=r.retries if r.errors else 0,
             completed=r.completed,
         )
-        for r in run_summaries(store, workflow=workflow, since=since)
+        for r in run_summaries(store, workflow=workflow, since=since, tenant=tenant)
     ]

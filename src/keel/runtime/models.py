@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Literal
@@ -37,14 +37,17 @@ from keel.models import (
     Provider,
     RouteDecision,
     Router,
+    StreamChunk,
     complete_sync,
     estimate_input_tokens,
 )
+from keel.runtime.streaming import GovernedStream
 from keel.tools import Tool, ToolContext, ToolRegistry, ToolSpec, check_model_name
 
 __all__ = ["ModelCaller", "ModelCatalog", "ModelOutcome", "ModelTarget", "Targets"]
 
 MODEL_SCOPE = "models:invoke"
+_MILLION = Decimal(1_000_000)
 
 
 class _RequestValidator:
@@ -133,6 +136,20 @@ class ModelTarget(Tool):
             output_tokens=usage.output_tokens,
         )
 
+    def output_cost(self, arguments: dict[str, Any], tokens: int) -> Cost:
+        """What ``tokens`` more output tokens of this request cost (to grow a stream's hold)."""
+        request = self._request(arguments)
+        rates = self.prices.price(self.provider.name, self.provider_model).rates(
+            estimate_input_tokens(request)
+        )
+        return Cost(usd=tokens * rates.output_per_mtok / _MILLION, output_tokens=tokens)
+
+    def astream(
+        self, arguments: dict[str, Any], context: ToolContext
+    ) -> AsyncIterator[StreamChunk]:
+        """The provider's stream of this request (the last chunk carries the response)."""
+        return self.provider.stream(self._request(arguments))
+
     def invoke(self, arguments: dict[str, Any], context: ToolContext) -> Any:
         return complete_sync(self.provider, self._request(arguments)).to_dict()
 
@@ -216,8 +233,22 @@ class ModelOutcome:
 Verifier = Callable[[ModelResponse], float]
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """What a routed model call will try: the route (if any) and its targets, in order."""
+
+    data: dict[str, Any]
+    decision: RouteDecision | None
+    targets: list[str]
+
+
 class ModelCaller:
-    """Routed, governed model calls for one agent token source. Thread-safe."""
+    """Routed, governed model calls for one agent token source. Thread-safe.
+
+    ``complete`` (blocking), ``acomplete`` (async) and ``astream`` (async, streamed) share one
+    routing rule: a router picks targets when a tier or task class is given (or the request
+    names no model), else the request's own ``model`` is called.
+    """
 
     #: Errors after which the next target is tried (the provider failed, not governance).
     FALLBACK_ERRORS: tuple[type[KeelError], ...] = (ModelError, RateLimited, CircuitOpen)
@@ -241,6 +272,7 @@ class ModelCaller:
         step_id: str | None = None,
         workflow: str | None = None,
         tainted: bool = False,
+        trace_id: str | None = None,
     ) -> ModelOutcome:
         """Route ``request`` and make governed calls until one succeeds (and verifies).
 
@@ -249,41 +281,176 @@ class ModelCaller:
         "fallen back" around. Provider failures fall back to the next target of the tier; a
         verifier score below ``min_confidence`` cascades to the next tier.
         """
+        plan = self._plan(request, tier, task_class, risk, sensitivity)
+        steps = self._drive(
+            plan, token, verify, min_confidence, run_id, step_id, workflow, tainted, trace_id
+        )
+        step: CallRequest | ModelOutcome = next(steps)
+        while isinstance(step, CallRequest):
+            try:
+                result = self._gateway.call(step)
+            except self.FALLBACK_ERRORS as exc:
+                step = _resume(steps, error=exc)
+            else:
+                step = _resume(steps, result=result)
+        return step
+
+    async def acomplete(
+        self,
+        token: Callable[[], str],
+        request: ModelRequest | Mapping[str, Any],
+        *,
+        tier: str | None = None,
+        task_class: str | None = None,
+        risk: Literal["read", "reversible", "irreversible"] | None = None,
+        sensitivity: str | None = None,
+        verify: Verifier | None = None,
+        min_confidence: float = 0.85,
+        run_id: str | None = None,
+        step_id: str | None = None,
+        workflow: str | None = None,
+        tainted: bool = False,
+        trace_id: str | None = None,
+    ) -> ModelOutcome:
+        """:meth:`complete` for async code: the provider is awaited on the running loop."""
+        plan = self._plan(request, tier, task_class, risk, sensitivity)
+        steps = self._drive(
+            plan, token, verify, min_confidence, run_id, step_id, workflow, tainted, trace_id
+        )
+        step: CallRequest | ModelOutcome = next(steps)
+        while isinstance(step, CallRequest):
+            try:
+                result = await self._gateway.acall(step)
+            except self.FALLBACK_ERRORS as exc:
+                step = _resume(steps, error=exc)
+            else:
+                step = _resume(steps, result=result)
+        return step
+
+    def astream(
+        self,
+        token: Callable[[], str],
+        request: ModelRequest | Mapping[str, Any],
+        *,
+        tier: str | None = None,
+        task_class: str | None = None,
+        risk: Literal["read", "reversible", "irreversible"] | None = None,
+        sensitivity: str | None = None,
+        run_id: str | None = None,
+        step_id: str | None = None,
+        workflow: str | None = None,
+        tainted: bool = False,
+        trace_id: str | None = None,
+        recheck_every: float = 1.0,
+    ) -> GovernedStream:
+        """Stream a governed model call (see ``keel.runtime.streaming``): iterate the result
+        for chunks as the provider sends them (the last carries the response); afterwards its
+        ``result`` is the recorded CallResult."""
+        plan = self._plan(request, tier, task_class, risk, sensitivity)
+
+        def attempt(number: int, model: str, last_error: KeelError | None) -> CallRequest:
+            return self._call(
+                plan,
+                model,
+                number,
+                token,
+                run_id,
+                step_id,
+                workflow,
+                tainted,
+                trace_id,
+                last_error,
+            )
+
+        return GovernedStream(
+            self._gateway, plan.targets, attempt, self.FALLBACK_ERRORS, recheck_every
+        )
+
+    # -- shared ----------------------------------------------------------------------------------
+
+    def _plan(
+        self,
+        request: ModelRequest | Mapping[str, Any],
+        tier: str | None,
+        task_class: str | None,
+        risk: Literal["read", "reversible", "irreversible"] | None,
+        sensitivity: str | None,
+    ) -> _Plan:
         data = request.to_dict() if isinstance(request, ModelRequest) else dict(request)
-        decision: RouteDecision | None = None
         if self._router is not None and (tier or task_class or not data.get("model")):
             decision = self._router.route(task_class, risk=risk, sensitivity=sensitivity, tier=tier)
-            targets = [t.model for t in decision.targets]
-        elif data.get("model"):
-            targets = [str(data["model"])]
-        else:
-            raise UsageError("a model request needs a 'model' or a router with a tier")
+            return _Plan(data, decision, [t.model for t in decision.targets])
+        if data.get("model"):
+            return _Plan(data, None, [str(data["model"])])
+        raise UsageError("a model request needs a 'model' or a router with a tier")
+
+    @staticmethod
+    def _call(
+        plan: _Plan,
+        model: str,
+        attempt: int,
+        token: Callable[[], str],
+        run_id: str | None,
+        step_id: str | None,
+        workflow: str | None,
+        tainted: bool,
+        trace_id: str | None,
+        last_error: KeelError | None,
+    ) -> CallRequest:
+        meta: dict[str, Any] = {"attempt": attempt}
+        if plan.decision is not None:
+            meta["route"] = plan.decision.to_record()
+        if last_error is not None:
+            meta["fallback_after"] = last_error.code
+        return CallRequest(
+            kind="model",
+            tool=model,
+            arguments={**plan.data, "model": model},
+            token=token(),
+            run_id=run_id,
+            step_id=step_id if attempt == 0 or step_id is None else f"{step_id}.{attempt}",
+            workflow=workflow,
+            tainted=tainted,
+            trace_id=trace_id,
+            metadata=meta,
+        )
+
+    def _drive(
+        self,
+        plan: _Plan,
+        token: Callable[[], str],
+        verify: Verifier | None,
+        min_confidence: float,
+        run_id: str | None,
+        step_id: str | None,
+        workflow: str | None,
+        tainted: bool,
+        trace_id: str | None,
+    ) -> Generator[CallRequest, CallResult, ModelOutcome]:
+        """The routing loop, written once: yields each call to make; is sent its result, or
+        thrown the fallback error it raised; returns the outcome (or raises the last error)."""
         attempts: list[dict[str, Any]] = []
         last_error: KeelError | None = None
+        decision = plan.decision
+        targets = plan.targets
         while True:
             for model in targets:
                 attempt = len(attempts)
-                meta: dict[str, Any] = {"attempt": attempt}
-                if decision is not None:
-                    meta["route"] = decision.to_record()
-                if last_error is not None:
-                    meta["fallback_after"] = last_error.code
+                current = _Plan(plan.data, decision, targets)
+                request = self._call(
+                    current,
+                    model,
+                    attempt,
+                    token,
+                    run_id,
+                    step_id,
+                    workflow,
+                    tainted,
+                    trace_id,
+                    last_error,
+                )
                 try:
-                    result = self._gateway.call(
-                        CallRequest(
-                            kind="model",
-                            tool=model,
-                            arguments={**data, "model": model},
-                            token=token(),
-                            run_id=run_id,
-                            step_id=step_id
-                            if attempt == 0 or step_id is None
-                            else f"{step_id}.{attempt}",
-                            workflow=workflow,
-                            tainted=tainted,
-                            metadata=meta,
-                        )
-                    )
+                    result = yield request
                 except self.FALLBACK_ERRORS as exc:
                     attempts.append({"model": model, "error": exc.code})
                     last_error = exc
@@ -305,3 +472,20 @@ class ModelCaller:
             else:
                 assert last_error is not None
                 raise last_error
+
+
+def _resume(
+    steps: Generator[CallRequest, CallResult, ModelOutcome],
+    *,
+    result: CallResult | None = None,
+    error: KeelError | None = None,
+) -> CallRequest | ModelOutcome:
+    """Advance the routing loop with a call's result or error: the next call, or the outcome."""
+    try:
+        if error is not None:
+            return steps.throw(error)
+        assert result is not None
+        return steps.send(result)
+    except StopIteration as stop:
+        outcome: ModelOutcome = stop.value
+        return outcome

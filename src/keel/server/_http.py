@@ -1,24 +1,31 @@
-"""Shared pieces of the HTTP routes: strict body reading and parsing, bearer credentials, the
-error body schema for the OpenAPI document."""
+"""Shared pieces of the HTTP routes: strict body reading and parsing, bearer credentials, query
+parameter types (text filters, times), the error body schema for the OpenAPI document."""
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+import datetime as _dt
+import re
+from typing import Annotated, Any, Final, TypeVar
 
 import pydantic
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 
 from keel.canonical import parse_json
 from keel.errors import AuthenticationError, InvalidRequestError, PayloadTooLargeError
 
 __all__ = [
     "ERRORS",
+    "ISO_TIME",
+    "NOT_FOUND",
     "OPERATOR_RESPONSES",
     "ErrorBody",
+    "QueryText",
     "Reason",
     "bearer",
     "body_dependency",
+    "documented_body",
     "parse_body",
+    "utc_param",
 ]
 
 
@@ -52,6 +59,11 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 #: What every operator route may answer besides 200: bad body, no key, wrong role, too large.
 OPERATOR_RESPONSES: dict[int | str, dict[str, Any]] = {k: ERRORS[k] for k in (400, 401, 403, 413)}
 
+#: For a route that names one object: no such object, or another tenant's (no existence oracle).
+NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorBody, "description": "no such object (or not in the key's tenant)"}
+}
+
 
 class Reason(pydantic.BaseModel):
     """A body that only says why (a denial, a cancellation, a re-drive)."""
@@ -59,6 +71,17 @@ class Reason(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid", strict=True)
 
     reason: str = pydantic.Field(min_length=1, max_length=2000)
+
+
+def documented_body(model: type[pydantic.BaseModel], *, required: bool = True) -> dict[str, Any]:
+    """``openapi_extra`` for a route that reads its JSON body itself (``body_dependency`` +
+    ``parse_body``): the body's schema, so the OpenAPI document describes it."""
+    return {
+        "requestBody": {
+            "required": required,
+            "content": {"application/json": {"schema": model.model_json_schema()}},
+        }
+    }
 
 
 def body_dependency(max_bytes: int) -> Any:
@@ -84,6 +107,44 @@ def body_dependency(max_bytes: int) -> Any:
         return b"".join(chunks)
 
     return Depends(read)
+
+
+#: An optional text filter in a query string: 1 to 200 characters, no control characters (no name
+#: holds them, and PostgreSQL refuses NUL in text).
+QueryText = Annotated[
+    str | None, Query(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")
+]
+
+
+_ISO_DATE: Final = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]")
+
+
+def _iso_time(value: object) -> object:
+    if isinstance(value, str) and not _ISO_DATE.match(value):
+        raise ValueError("expected an ISO-8601 time such as 2026-01-05T09:00:00Z")
+    return value
+
+
+#: For a time query parameter (``Annotated[datetime | None, ISO_TIME, Query(...)]``): an
+#: ISO-8601 text, not a number of seconds (which pydantic would also read as a time).
+ISO_TIME: Final = pydantic.BeforeValidator(_iso_time)
+
+
+def utc_param(value: _dt.datetime | None, name: str) -> _dt.datetime | None:
+    """A time from a query parameter, in UTC; refused when it has no UTC offset or leaves the
+    calendar once converted (year 1 at +01:00)."""
+    if value is None:
+        return None
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise InvalidRequestError(
+            f"{name} needs a UTC offset, as in 2026-01-05T09:00:00Z", context={"field": name}
+        )
+    try:
+        return value.astimezone(_dt.UTC)
+    except OverflowError:
+        raise InvalidRequestError(
+            f"{name} is outside the years 1 to 9999 in UTC", context={"field": name}
+        ) from None
 
 
 def bearer(request: Request) -> str:

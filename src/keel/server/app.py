@@ -24,20 +24,30 @@ from typing import Any, Literal
 
 import pydantic
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from keel.app import App
 from keel.errors import KeelError
 from keel.gateway import CallRequest, CallResult
-from keel.server._http import ERRORS, bearer, body_dependency, parse_body
+from keel.server._http import ERRORS, body_dependency, parse_body
+from keel.server.agents import AgentAuth
+from keel.server.audit import audit_router
 from keel.server.auth import OperatorAuth
+from keel.server.budgets import budgets_router
 from keel.server.errors import error_body, http_status, response_headers
+from keel.server.metrics import TraceContextMiddleware, metrics_router
 from keel.server.operators import operator_router
+from keel.server.policies import policies_router
+from keel.server.proxy import proxy_router
 from keel.server.runs import runs_router
 
 __all__ = ["CallBody", "create_app"]
 
 log = logging.getLogger("keel.server")
+
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
 
 
 class CallBody(pydantic.BaseModel):
@@ -98,6 +108,41 @@ def create_app(keel: App) -> FastAPI:
             error_body(exc), status_code=http_status(exc), headers=response_headers(exc)
         )
 
+    @api.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # No route, wrong method: the same body shape as every other error.
+        code = _HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
+        body = {
+            "error": {
+                "code": code,
+                "message": str(exc.detail),
+                "retryable": False,
+                "context": {},
+            }
+        }
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+    @api.exception_handler(RequestValidationError)
+    async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in error.get('loc', ()))}: {error.get('msg')}"
+            for error in exc.errors()[:10]
+        )
+        body = {
+            "error": {
+                "code": "invalid_request",
+                "message": f"the request is not valid: {problems}",
+                "retryable": False,
+                "context": {
+                    "fields": [
+                        ".".join(str(p) for p in error.get("loc", ()))
+                        for error in exc.errors()[:10]
+                    ]
+                },
+            }
+        }
+        return JSONResponse(body, status_code=400)
+
     @api.exception_handler(Exception)
     async def unexpected(_request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error serving a request")
@@ -110,6 +155,8 @@ def create_app(keel: App) -> FastAPI:
             }
         }
         return JSONResponse(body, status_code=500)
+
+    agents = AgentAuth(keel)
 
     @api.get("/healthz", tags=["operations"])
     def healthz() -> dict[str, str]:
@@ -144,7 +191,7 @@ def create_app(keel: App) -> FastAPI:
     )
     def call(request: Request, raw: bytes = body_dependency(max_bytes)) -> JSONResponse:
         """A governed tool call: authenticate, policy, budget, approvals, execute, record."""
-        token = bearer(request)
+        token = agents.token(request, raw)
         body = parse_body(raw, CallBody, max_bytes, config.max_json_depth)
         key = request.headers.get("idempotency-key")
         result = keel.call(
@@ -154,7 +201,7 @@ def create_app(keel: App) -> FastAPI:
                 token=token,
                 run_id=body.run_id,
                 step_id=body.step_id,
-                workflow=body.workflow,
+                workflow=agents.workflow(token, body.workflow),
                 idempotency_key=key if key else None,
                 tainted=body.tainted,
                 trace_id=body.trace_id,
@@ -167,7 +214,45 @@ def create_app(keel: App) -> FastAPI:
     auth = OperatorAuth(keel)
     api.include_router(operator_router(keel, auth))
     api.include_router(runs_router(keel, auth))
+    api.include_router(proxy_router(keel, agents))
+    api.include_router(policies_router(keel, auth))
+    api.include_router(budgets_router(keel, auth))
+    api.include_router(audit_router(keel, auth))
+    api.include_router(metrics_router(keel))
+    api.add_middleware(TraceContextMiddleware, telemetry=keel.telemetry)
+    _document_errors(api)
     return api
+
+
+def _document_errors(api: FastAPI) -> None:
+    """Make the OpenAPI document say what the server answers: a request whose parameters fail
+    validation gets 400 with Keel's error body (see ``invalid`` above), not FastAPI's 422."""
+    build = api.openapi
+
+    def openapi() -> dict[str, Any]:
+        if api.openapi_schema is not None:
+            return api.openapi_schema
+        schema = build()
+        for path in schema.get("paths", {}).values():
+            for operation in path.values():
+                responses = operation.get("responses", {}) if isinstance(operation, dict) else {}
+                auto = responses.get("422", {})
+                ref = str(auto.get("content", {}).get("application/json", {}).get("schema", {}))
+                if "HTTPValidationError" in ref:
+                    del responses["422"]
+                    responses.setdefault("400", _ERROR_400)
+        for name in ("HTTPValidationError", "ValidationError"):
+            schema.get("components", {}).get("schemas", {}).pop(name, None)
+        api.openapi_schema = schema
+        return schema
+
+    api.openapi = openapi  # type: ignore[method-assign]
+
+
+_ERROR_400: dict[str, Any] = {
+    "description": "malformed request (a parameter or the body is not valid)",
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
+}
 
 
 def _outcome(result: CallResult) -> dict[str, Any]:

@@ -7,10 +7,18 @@ from typing import Any
 from fastapi import Depends, Request
 
 from keel.app import App
-from keel.errors import AuthorizationError
+from keel.errors import AuthorizationError, NotFoundError
 from keel.identity import OperatorKey
 
-__all__ = ["OperatorAuth"]
+__all__ = ["OperatorAuth", "tenant_filter"]
+
+
+def tenant_filter(key: OperatorKey, tenant: str | None) -> str | None:
+    """The tenant a read by ``key`` is limited to: ``tenant`` (None: all), or the key's own. A
+    tenant key asking for another tenant gets "not found", whether that tenant exists or not."""
+    if not key.covers(tenant or key.tenant):
+        raise NotFoundError(f"no tenant {tenant!r} for this key", code="tenant_not_found")
+    return tenant or key.tenant
 
 
 class OperatorAuth:

@@ -19,18 +19,24 @@ from keel.errors import (
     IdempotencyMismatch,
     InvalidRequestError,
     KeelError,
+    ModelError,
+    ModelTimeout,
+    NotFoundError,
     PayloadTooLargeError,
     RateLimited,
     StoreError,
     ToolError,
     UsageError,
 )
+from keel.ledger.forecast import InsufficientHistory
 
 __all__ = ["error_body", "http_status", "response_headers"]
 
 # First match wins: subclasses before their parents.
 _STATUS: Final[tuple[tuple[type[KeelError], int], ...]] = (
     (PayloadTooLargeError, 413),
+    (NotFoundError, 404),  # also another tenant's object: no existence oracle
+    (InsufficientHistory, 409),  # a forecast needs more recorded runs than there are yet
     (IdempotencyMismatch, 422),  # the same key with a different body (IETF draft, Stripe)
     (IdempotencyInFlight, 409),  # the same key while the first request runs
     (ConflictError, 409),
@@ -41,6 +47,8 @@ _STATUS: Final[tuple[tuple[type[KeelError], int], ...]] = (
     (UsageError, 400),
     (StoreError, 503),  # the database is away: try again
     (ToolError, 502),  # the upstream tool failed; Keel did its part
+    (ModelTimeout, 504),  # the model provider did not answer in time
+    (ModelError, 502),  # the model provider failed or answered nonsense
 )
 
 

@@ -10,6 +10,8 @@ name is the person, its labels (and role) are what a policy's ``approvers:`` may
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Literal
 
 import pydantic
@@ -17,9 +19,16 @@ from fastapi import APIRouter
 
 from keel.app import App
 from keel.approvals import Operator
-from keel.errors import AuthorizationError
+from keel.errors import AuthorizationError, InvalidRequestError, NotFoundError
 from keel.identity import OperatorKey
-from keel.server._http import OPERATOR_RESPONSES, Reason, body_dependency, parse_body
+from keel.server._http import (
+    NOT_FOUND,
+    OPERATOR_RESPONSES,
+    Reason,
+    body_dependency,
+    documented_body,
+    parse_body,
+)
 from keel.server.auth import OperatorAuth
 
 __all__ = ["operator_router"]
@@ -36,6 +45,17 @@ class Switch(pydantic.BaseModel):
 
     scope: Literal["global", "tenant", "agent", "workflow", "tool"]
     target: str = pydantic.Field("*", min_length=1, max_length=200)
+    reason: str = pydantic.Field(min_length=1, max_length=2000)
+
+
+class Revoke(pydantic.BaseModel):
+    """Revoke one token (``jti``) or an agent's tokens (``agent``, optionally in ``tenant``)."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", strict=True)
+
+    jti: str | None = pydantic.Field(None, min_length=1, max_length=200)
+    agent: str | None = pydantic.Field(None, min_length=1, max_length=200)
+    tenant: str | None = pydantic.Field(None, min_length=1, max_length=200)
     reason: str = pydantic.Field(min_length=1, max_length=2000)
 
 
@@ -69,26 +89,35 @@ def operator_router(keel: App, auth: OperatorAuth) -> APIRouter:
         )
         return {"approvals": [r.to_dict() for r in requests]}
 
-    @router.get("/approvals/{approval_id}")
+    @router.get("/approvals/{approval_id}", responses=NOT_FOUND)
     def show_approval(approval_id: str, key: OperatorKey = viewer) -> dict[str, Any]:
         """One request, with the exact (redacted) arguments it would approve."""
-        return keel.approvals.get(approval_id, tenant=key.tenant).to_dict()
+        with _found(approval_id):
+            return keel.approvals.get(approval_id, tenant=key.tenant).to_dict()
 
-    @router.post("/approvals/{approval_id}/approve")
+    @router.post(
+        "/approvals/{approval_id}/approve",
+        responses=NOT_FOUND,
+        openapi_extra=documented_body(Decision, required=False),
+    )
     def approve(
         approval_id: str, raw: bytes = read_body, key: OperatorKey = approver
     ) -> dict[str, Any]:
         """Approve as the key's person (refused: self-approval, not among the approvers…)."""
         body = parse_body(raw or b"{}", Decision, config.max_payload_bytes, config.max_json_depth)
-        return keel.approvals.approve(approval_id, operator(key), note=body.note).to_dict()
+        with _found(approval_id):
+            return keel.approvals.approve(approval_id, operator(key), note=body.note).to_dict()
 
-    @router.post("/approvals/{approval_id}/deny")
+    @router.post(
+        "/approvals/{approval_id}/deny", responses=NOT_FOUND, openapi_extra=documented_body(Reason)
+    )
     def deny(
         approval_id: str, raw: bytes = read_body, key: OperatorKey = approver
     ) -> dict[str, Any]:
         """Deny, with a reason the requester sees."""
         body = parse_body(raw, Reason, config.max_payload_bytes, config.max_json_depth)
-        return keel.approvals.deny(approval_id, operator(key), reason=body.reason).to_dict()
+        with _found(approval_id):
+            return keel.approvals.deny(approval_id, operator(key), reason=body.reason).to_dict()
 
     @router.get("/kill-switches")
     def list_switches(key: OperatorKey = viewer) -> dict[str, Any]:
@@ -98,7 +127,7 @@ def operator_router(keel: App, auth: OperatorAuth) -> APIRouter:
             switches = [s for s in switches if s.scope == "tenant" and s.target == key.tenant]
         return {"kill_switches": [_switch(s) for s in switches]}
 
-    @router.post("/kill-switches/engage")
+    @router.post("/kill-switches/engage", openapi_extra=documented_body(Switch))
     def engage(raw: bytes = read_body, key: OperatorKey = switcher) -> dict[str, Any]:
         """Stop calls now, for everything (``global``) or one tenant, agent, workflow or tool."""
         body = parse_body(raw, Switch, config.max_payload_bytes, config.max_json_depth)
@@ -108,7 +137,7 @@ def operator_router(keel: App, auth: OperatorAuth) -> APIRouter:
         )
         return _switch(switch)
 
-    @router.post("/kill-switches/release")
+    @router.post("/kill-switches/release", openapi_extra=documented_body(Switch))
     def release(raw: bytes = read_body, key: OperatorKey = switcher) -> dict[str, Any]:
         """Release a kill switch."""
         body = parse_body(raw, Switch, config.max_payload_bytes, config.max_json_depth)
@@ -117,6 +146,27 @@ def operator_router(keel: App, auth: OperatorAuth) -> APIRouter:
             body.scope, body.target, reason=body.reason, actor=_actor(key)
         )
         return _switch(switch)
+
+    @router.post("/revocations", openapi_extra=documented_body(Revoke))
+    def revoke(raw: bytes = read_body, key: OperatorKey = switcher) -> dict[str, Any]:
+        """Revoke one agent token (``jti``, a key for every tenant) or every token an agent was
+        given until now (``agent``; a tenant key: in its tenant), on every replica."""
+        body = parse_body(raw, Revoke, config.max_payload_bytes, config.max_json_depth)
+        if (body.jti is None) == (body.agent is None):
+            raise InvalidRequestError("name exactly one of 'jti' and 'agent'")
+        tenant = body.tenant
+        if key.tenant is not None:
+            if body.jti is not None or (tenant is not None and tenant != key.tenant):
+                raise AuthorizationError(
+                    f"key {key.key_id} is limited to tenant {key.tenant!r}: it may revoke that "
+                    "tenant's agents only",
+                    code="role_required",
+                )
+            tenant = key.tenant
+        revocation = keel.revoke_token(
+            body.jti, agent=body.agent, tenant=tenant, reason=body.reason, actor=_actor(key)
+        )
+        return revocation.to_dict()
 
     return router
 
@@ -144,3 +194,15 @@ def _switch(switch: Any) -> dict[str, Any]:
         "actor": switch.actor,
         "updated_at": switch.updated_at,
     }
+
+
+@contextmanager
+def _found(approval_id: str) -> Iterator[None]:
+    """An approval that does not exist, or is another tenant's, is 404 on operator routes (the
+    same answer for both: no existence oracle)."""
+    try:
+        yield
+    except AuthorizationError as exc:
+        if exc.code != "approval_not_found":
+            raise
+        raise NotFoundError(f"no approval {approval_id!r}", code="approval_not_found") from None

@@ -12,10 +12,17 @@ import pydantic
 from fastapi import APIRouter
 
 from keel.app import App
-from keel.errors import InvalidRequestError
+from keel.errors import InvalidRequestError, NotFoundError
 from keel.identity import OperatorKey
 from keel.runtime.journal import RunRecord
-from keel.server._http import OPERATOR_RESPONSES, Reason, body_dependency, parse_body
+from keel.server._http import (
+    NOT_FOUND,
+    OPERATOR_RESPONSES,
+    Reason,
+    body_dependency,
+    documented_body,
+    parse_body,
+)
 from keel.server.auth import OperatorAuth
 
 __all__ = ["runs_router"]
@@ -36,9 +43,12 @@ def runs_router(keel: App, auth: OperatorAuth) -> APIRouter:
     viewer, operator = auth.needs("viewer"), auth.needs("operator")
 
     def visible(run_id: str, key: OperatorKey) -> RunRecord:
-        record = keel.runtime.get(run_id)
-        if not key.covers(record.tenant):
-            raise InvalidRequestError(f"no run {run_id!r}", code="unknown_run")
+        try:
+            record = keel.runtime.get(run_id)
+        except InvalidRequestError:
+            record = None
+        if record is None or not key.covers(record.tenant):
+            raise NotFoundError(f"no run {run_id!r}", code="unknown_run")
         return record
 
     @router.get("/workflows")
@@ -52,12 +62,21 @@ def runs_router(keel: App, auth: OperatorAuth) -> APIRouter:
             ]
         }
 
-    @router.post("/workflows/{name}/runs", status_code=201)
+    @router.post(
+        "/workflows/{name}/runs",
+        responses=NOT_FOUND,
+        status_code=201,
+        openapi_extra=documented_body(Submit, required=False),
+    )
     def submit(name: str, raw: bytes = read_body, key: OperatorKey = operator) -> dict[str, Any]:
         """Start a durable run of workflow ``name``; a worker executes it."""
         body = parse_body(raw or b"{}", Submit, config.max_payload_bytes, config.max_json_depth)
-        if not key.covers(keel.workflow_tenant(name)):
-            raise InvalidRequestError(f"no workflow {name!r}", code="unknown_workflow")
+        try:
+            tenant = keel.workflow_tenant(name)
+        except InvalidRequestError:
+            tenant = None
+        if tenant is None or not key.covers(tenant):
+            raise NotFoundError(f"no workflow {name!r}", code="unknown_workflow")
         record = keel.runtime.submit(
             name, body.input, run_id=body.run_id, on_behalf_of=body.on_behalf_of
         )
@@ -78,14 +97,16 @@ def runs_router(keel: App, auth: OperatorAuth) -> APIRouter:
         )
         return {"runs": [r.to_dict() for r in records]}
 
-    @router.get("/runs/{run_id}")
+    @router.get("/runs/{run_id}", responses=NOT_FOUND)
     def show_run(run_id: str, key: OperatorKey = viewer) -> dict[str, Any]:
         """A run and its journal steps."""
         data = visible(run_id, key).to_dict()
         data["steps"] = [step.to_dict() for step in keel.runtime.steps(run_id)]
         return data
 
-    @router.post("/runs/{run_id}/cancel")
+    @router.post(
+        "/runs/{run_id}/cancel", responses=NOT_FOUND, openapi_extra=documented_body(Reason)
+    )
     def cancel(run_id: str, raw: bytes = read_body, key: OperatorKey = operator) -> dict[str, Any]:
         """Cancel a run that has not ended."""
         body = parse_body(raw, Reason, config.max_payload_bytes, config.max_json_depth)
@@ -93,7 +114,7 @@ def runs_router(keel: App, auth: OperatorAuth) -> APIRouter:
         keel.runtime.cancel(run_id, reason=f"{body.reason} (by {key.name}, key {key.key_id})")
         return keel.runtime.get(run_id).to_dict()
 
-    @router.post("/runs/{run_id}/retry")
+    @router.post("/runs/{run_id}/retry", responses=NOT_FOUND, openapi_extra=documented_body(Reason))
     def retry(run_id: str, raw: bytes = read_body, key: OperatorKey = operator) -> dict[str, Any]:
         """Re-drive a failed, parked or escalated run (completed steps replay)."""
         body = parse_body(raw, Reason, config.max_payload_bytes, config.max_json_depth)

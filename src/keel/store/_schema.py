@@ -277,6 +277,28 @@ MIGRATIONS: Final[tuple[tuple[int, str, tuple[str, ...]], ...]] = (
             )""",
         ),
     ),
+    (
+        7,
+        "agent-token revocations shared by every replica",
+        (
+            # kind 'token': target is a token id (jti); kind 'agent': target is an agent id and
+            # tokens of that agent issued before ``cutoff`` (epoch seconds) are refused. tenant
+            # '*' means every tenant. A row is forgotten once every token it could refuse has
+            # expired (``forget_after``, epoch seconds).
+            """CREATE TABLE token_revocations (
+                kind TEXT NOT NULL,
+                target TEXT NOT NULL,
+                tenant TEXT NOT NULL,
+                reason TEXT NOT NULL,
+                actor TEXT NOT NULL,
+                revoked_at TEXT NOT NULL,
+                cutoff {bigint} NOT NULL,
+                forget_after {bigint} NOT NULL,
+                PRIMARY KEY (kind, target, tenant)
+            )""",
+            "CREATE INDEX token_revocations_forget ON token_revocations (forget_after)",
+        ),
+    ),
 )
 
 SCHEMA_VERSION: Final[int] = MIGRATIONS[-1][0]
