@@ -53,8 +53,9 @@ _MILLION = Decimal(1_000_000)
 class _RequestValidator:
     """Arguments of a model call are a ModelRequest in dict form; unknown fields are refused."""
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, parsed: _Parsed) -> None:
         self._model = model
+        self._parsed = parsed
         self.json_schema: Mapping[str, Any] = {
             "type": "object",
             "description": "a model request (keel.models.ModelRequest.to_dict())",
@@ -70,7 +71,32 @@ class _RequestValidator:
                 code="invalid_arguments",
                 context={"tool": tool},
             )
-        return ModelRequest.from_dict(data).to_dict()
+        request = ModelRequest.from_dict(data)
+        arguments = request.to_dict()
+        self._parsed.remember(arguments, request)
+        return arguments
+
+
+class _Parsed:
+    """The ModelRequest of recent validated arguments, so one call parses its request once
+    (the gateway hands the same arguments object to estimate, execute and settle). Keyed by the
+    object's identity and checked against it; bounded; thread-safe (single dict operations)."""
+
+    LIMIT = 256
+
+    def __init__(self) -> None:
+        self._recent: dict[int, tuple[Mapping[str, Any], ModelRequest]] = {}
+
+    def remember(self, arguments: Mapping[str, Any], request: ModelRequest) -> None:
+        if len(self._recent) >= self.LIMIT:
+            self._recent.clear()
+        self._recent[id(arguments)] = (arguments, request)
+
+    def get(self, arguments: Mapping[str, Any]) -> ModelRequest:
+        found = self._recent.get(id(arguments))
+        if found is not None and found[0] is arguments:
+            return found[1]
+        return ModelRequest.from_dict(arguments)
 
 
 class ModelTarget(Tool):
@@ -98,10 +124,11 @@ class ModelTarget(Tool):
         self.prices = prices
         self.self_hosted = self_hosted
         self.is_async = True
+        self._parsed = _Parsed()
         self.spec = ToolSpec(
             name=name,
             description=f"model {self.provider_model} via {provider.name}",
-            arguments=_RequestValidator(name),
+            arguments=_RequestValidator(name, self._parsed),
             scope=MODEL_SCOPE,
             effect="read",
             kind="model",
@@ -112,7 +139,7 @@ class ModelTarget(Tool):
         self.prices.price(provider.name, self.provider_model)
 
     def _request(self, arguments: Mapping[str, Any]) -> ModelRequest:
-        request = ModelRequest.from_dict(arguments)
+        request = self._parsed.get(arguments)
         if self.provider_model != self.spec.name:
             request = ModelRequest.from_dict({**request.to_dict(), "model": self.provider_model})
         return request
