@@ -310,3 +310,17 @@ def test_redact_never_fails_and_is_idempotent(redactor: Redactor, value: Any) ->
     assert redactor.redact(out) == out
     assert redactor.findings(out) == []
     assert (out == value) == (redactor.findings(value) == [])
+
+
+def test_digests_are_keyed_so_a_guess_cannot_be_confirmed() -> None:
+    import hashlib
+    import os
+
+    from keel.audit import Redactor
+
+    one, two = Redactor(os.urandom(32)), Redactor(os.urandom(32))
+    text = '{"card":"4111111111111111"}'
+    assert one.digest(text) == one.digest(text)
+    assert one.digest(text) != two.digest(text)
+    assert one.digest(text).startswith("hmac-sha256:")
+    assert hashlib.sha256(text.encode()).hexdigest() not in one.digest(text)

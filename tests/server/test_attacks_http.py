@@ -794,13 +794,6 @@ def test_33_tool_output_secrets_reach_the_agent_but_the_audit_record_is_redacted
     assert second is not None and second.entry.body["outcome"] == body["outcome"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the audit record's outcome_digest and args_digest are plain SHA-256 of the "
-    "canonical JSON (keel.gateway.gateway.Gateway._finish / _body): anyone reading the log "
-    "can confirm a guess of a redacted value by hashing it (a card, a phone number); "
-    "ATTACKS.md #33 asks for a salted hash",
-)
 def test_33_the_audit_record_holds_no_unsalted_digest_of_redacted_values(gate: Gate) -> None:
     arguments = {"card": CARD}
     answer = gate.call(gate.token(), {"tool": "secrets.read", "arguments": arguments})

@@ -75,9 +75,10 @@ BODY_KEYS: Final[Mapping[str, str]] = {
     "verdict": "Verdict.to_record() of the decision",
     "call_kind": '"tool" or "model"',
     "workflow": "workflow name, if the call ran inside one",
-    "args_digest": "digest() of the arguments before redaction (binds approvals and replays)",
+    "args_digest": "keyed digest (HMAC with the redaction salt) of the arguments before "
+    "redaction (binds approvals and replays)",
     "args": "the arguments after redaction (absent when no redactor was given)",
-    "outcome_digest": "digest() of the outcome before redaction",
+    "outcome_digest": "keyed digest of the outcome before redaction",
     "outcome": "the outcome after redaction",
     "latency_ms": "execution time in milliseconds",
     "error": "KeelError.to_dict() when the call failed",

@@ -290,6 +290,15 @@ class Redactor:
             kinds[kind] = None
         return list(kinds)
 
+    def digest(self, text: str) -> str:
+        """``hmac-sha256:<hex>`` of ``text`` keyed by the salt: what an audit record stores to
+        bind the exact (unredacted) arguments and outcome. Without the salt a reader of the
+        log cannot confirm a guess of a redacted value by hashing it (ATTACKS.md #33)."""
+        mac = self._mac.copy()
+        mac.update(b"keel-digest-v1\x00")
+        mac.update(text.encode("utf-8", "surrogatepass"))
+        return "hmac-sha256:" + mac.hexdigest()
+
     def marker(self, kind: str, value: str) -> str:
         """The marker that replaces ``value`` of ``kind`` (``[REDACTED:kind:hmac10]``)."""
         mac = self._mac.copy()

@@ -16,7 +16,7 @@ from contextlib import AbstractContextManager
 from typing import Any, NoReturn, Protocol
 
 from keel.audit import AuditEntry, AuditLog, Record
-from keel.canonical import canonical_json, sha256_hex
+from keel.canonical import canonical_json
 from keel.core import Clock, Cost, Principal, Verdict
 from keel.errors import (
     ApprovalRequired,
@@ -37,9 +37,12 @@ log = logging.getLogger("keel.gateway")
 
 
 class Redactor(Protocol):
-    """Returns a copy of a JSON value with secrets and PII replaced. Thread-safe."""
+    """Returns a copy of a JSON value with secrets and PII replaced, and keyed digests of
+    canonical JSON text (``keel.audit.Redactor``). Thread-safe."""
 
     def redact(self, value: Any) -> Any: ...
+
+    def digest(self, text: str) -> str: ...
 
 
 class CallObserver(Protocol):
@@ -248,7 +251,7 @@ class Gateway:
                 body["cost"] = ctx.cost.to_record()
                 result_json = canonical_json(ctx.result)
                 ctx.result_json = result_json
-                body["outcome_digest"] = "sha256:" + sha256_hex(result_json)
+                body["outcome_digest"] = self._redactor.digest(result_json)
                 body["outcome"] = self._redactor.redact(ctx.result)
             else:
                 error = ctx.error
@@ -346,7 +349,7 @@ class Gateway:
         if ctx.tool is not None:
             body["effect"] = ctx.tool.spec.effect
         if ctx.args_json is not None:
-            body["args_digest"] = "sha256:" + sha256_hex(ctx.args_json)
+            body["args_digest"] = self._redactor.digest(ctx.args_json)
             body["args"] = self._redactor.redact(ctx.arguments)
         if ctx.idempotency_key is not None:
             body["idempotency_key"] = ctx.idempotency_key

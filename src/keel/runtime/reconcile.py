@@ -513,7 +513,10 @@ def _call_arguments(
             args = entry.body.get("args")
             if entry.step_id is None or not isinstance(args, dict) or entry.body.get("error"):
                 continue
-            exact = entry.body.get("args_digest") == "sha256:" + sha256_hex(canonical_json(args))
+            text = canonical_json(args)
+            recorded = entry.body.get("args_digest")
+            # Records before keyed digests hold a plain SHA-256; both still say "unchanged".
+            exact = recorded in (app.redactor.digest(text), "sha256:" + sha256_hex(text))
             yield entry.step_id, (args, "exact" if exact else "redacted")
         if len(page) < MAX_LIMIT:
             return
