@@ -326,6 +326,18 @@ class RevocationSet:
         """Called by a verifier once ``_next_refresh`` has passed (never, in memory)."""
         self.refresh()
 
+    def current_refusal(
+        self, verified: VerifiedToken, token_ids: Sequence[str]
+    ) -> tuple[str, str] | None:
+        """``refusal`` on a view refreshed when it is due (what a verifier asks on every
+        verify: no I/O unless the refresh period has passed, no work when nothing is revoked)."""
+        due = self._next_refresh
+        if due < math.inf and due <= self._clock.monotonic():
+            self._poll()
+        if self._entries or self._agents:
+            return self.refusal(verified, token_ids)
+        return None
+
     def refusal(
         self, verified: VerifiedToken, token_ids: Sequence[str] | None = None
     ) -> tuple[str, str] | None:
@@ -522,14 +534,9 @@ class TokenVerifier:
         except KeyError:
             pass
         verified, deadline, token_ids, _version = entry
-        revocations = self.revocations
-        due = revocations._next_refresh
-        if due < math.inf and due <= revocations._clock.monotonic():
-            revocations._poll()
-        if revocations._entries or revocations._agents:
-            hit = revocations.refusal(verified, token_ids)
-            if hit is not None:
-                raise self._revoked(hit, verified)
+        hit = self.revocations.current_refusal(verified, token_ids)
+        if hit is not None:
+            raise self._revoked(hit, verified)
         if self._clock.now() >= deadline:
             self._cache.pop(token, None)
             raise self._expired(verified.expires_at)
@@ -624,14 +631,9 @@ class TokenVerifier:
         claims = self._segment_json(payload_b64, "payload")
         verified = self._check_claims(claims, key_id)
         token_ids = verified.token_ids
-        revocations = self.revocations
-        due = revocations._next_refresh
-        if due < math.inf and due <= revocations._clock.monotonic():
-            revocations._poll()
-        if revocations._entries or revocations._agents:
-            hit = revocations.refusal(verified, token_ids)
-            if hit is not None:
-                raise self._revoked(hit, verified)
+        hit = self.revocations.current_refusal(verified, token_ids)
+        if hit is not None:
+            raise self._revoked(hit, verified)
         if self._cache_size:
             deadline = verified.expires_at + self._leeway
             with self._lock:

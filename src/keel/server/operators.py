@@ -127,25 +127,21 @@ def operator_router(keel: App, auth: OperatorAuth) -> APIRouter:
             switches = [s for s in switches if s.scope == "tenant" and s.target == key.tenant]
         return {"kill_switches": [_switch(s) for s in switches]}
 
+    def flip(raw: bytes, key: OperatorKey, engage: bool) -> dict[str, Any]:
+        body = parse_body(raw, Switch, config.max_payload_bytes, config.max_json_depth)
+        _may_switch(key, body)
+        act = keel.kill_switches.engage if engage else keel.kill_switches.release
+        return _switch(act(body.scope, body.target, reason=body.reason, actor=_actor(key)))
+
     @router.post("/kill-switches/engage", openapi_extra=documented_body(Switch))
     def engage(raw: bytes = read_body, key: OperatorKey = switcher) -> dict[str, Any]:
         """Stop calls now, for everything (``global``) or one tenant, agent, workflow or tool."""
-        body = parse_body(raw, Switch, config.max_payload_bytes, config.max_json_depth)
-        _may_switch(key, body)
-        switch = keel.kill_switches.engage(
-            body.scope, body.target, reason=body.reason, actor=_actor(key)
-        )
-        return _switch(switch)
+        return flip(raw, key, engage=True)
 
     @router.post("/kill-switches/release", openapi_extra=documented_body(Switch))
     def release(raw: bytes = read_body, key: OperatorKey = switcher) -> dict[str, Any]:
         """Release a kill switch."""
-        body = parse_body(raw, Switch, config.max_payload_bytes, config.max_json_depth)
-        _may_switch(key, body)
-        switch = keel.kill_switches.release(
-            body.scope, body.target, reason=body.reason, actor=_actor(key)
-        )
-        return _switch(switch)
+        return flip(raw, key, engage=False)
 
     @router.post("/revocations", openapi_extra=documented_body(Revoke))
     def revoke(raw: bytes = read_body, key: OperatorKey = switcher) -> dict[str, Any]:
