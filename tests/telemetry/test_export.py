@@ -14,11 +14,12 @@ import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
-from tests.telemetry.conftest import SCOPES, build, serving, sqlite_config
 
 from keel import App
 from keel.audit import query
 from keel.telemetry.tracing import traces_url
+
+from .conftest import SCOPES, build, serving, sqlite_config
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT = "00f067aa0ba902b7"

@@ -18,10 +18,11 @@ import httpx
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import format_span_id, format_trace_id
-from tests.telemetry.conftest import SCOPES, by_name
 
 from keel import App
 from keel.telemetry import JsonFormatter, log_config, log_context
+
+from .conftest import SCOPES, by_name
 
 SECRET = "sk-proj-abcdefghijklmnopqrstuvwxyz0123456789"
 

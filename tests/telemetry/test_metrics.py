@@ -9,12 +9,13 @@ from typing import Any
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from tests.telemetry.conftest import MODELS, SCOPES, build, serving, sqlite_config
 
 from keel import App, KeelConfig
 from keel.errors import PolicyDenied, ToolError
 from keel.telemetry import Metrics, StateSources
 from keel.testing import FrozenClock, RecordingTool
+
+from .conftest import MODELS, SCOPES, build, serving, sqlite_config
 
 
 def sample(text: str, name: str, **labels: str) -> float | None:

@@ -8,13 +8,14 @@ from typing import Any
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode, format_trace_id
-from tests.telemetry.conftest import SCOPES, build, by_name, sqlite_config
 
 from keel import App
 from keel.audit import Record, query
 from keel.errors import PolicyDenied, ToolError, UsageError
 from keel.gateway import CallContext, CallRequest, Gateway
 from keel.testing import FrozenClock, RecordingTool
+
+from .conftest import SCOPES, build, by_name, sqlite_config
 
 SECRET = "sk-proj-abcdefghijklmnopqrstuvwxyz0123456789"
 
