@@ -62,6 +62,8 @@ EXPECTED = {
     "keel.tools": [
         "ArgumentValidator",
         "FunctionTool",
+        "HttpEndpoint",
+        "HttpTool",
         "JSONSchemaValidator",
         "ModelValidator",
         "ReconcileHook",
@@ -71,6 +73,7 @@ EXPECTED = {
         "ToolSpec",
         "check_model_name",
         "check_tool_name",
+        "load_http_tools",
     ],
     "keel.store": [
         "RUNS_CHANNEL",

@@ -51,3 +51,36 @@ def test_readme_python_example_runs(tmp_path: Path) -> None:
     assert lines[1].startswith("approval_required ")
     assert lines[2].startswith("policy_denied ")
     assert lines[3] == "audit chain ok: True"
+
+
+def test_readme_mcp_config_puts_keel_in_front_of_mcp_server_time(tmp_path: Path) -> None:
+    """The five lines of 'In front of an MCP server', as a new user would use them."""
+    import json
+    import shutil
+
+    import yaml
+
+    section = README[README.index("## In front of an MCP server") :]
+    snippet = re.search(r"```yaml\n(.*?)```", section, flags=re.S)
+    assert snippet is not None
+    lines = [line for line in snippet.group(1).splitlines() if line.strip()]
+    assert len(lines) == 5
+    config = yaml.safe_load(snippet.group(1))
+    config.update({"store_url": "sqlite:///keel.db", "home": "home"})
+    (tmp_path / "keel.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    keel = shutil.which("keel") or str(Path(sys.executable).with_name("keel"))
+    out = subprocess.run(
+        [keel, "mcp", "tools", "list", "--refresh"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={
+            **os.environ,
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        },
+    )
+    assert out.returncode == 0, out.stderr
+    tools = {row["tool"]: row for row in map(json.loads, out.stdout.splitlines())}
+    assert tools["get_current_time"]["usable"] and tools["convert_time"]["usable"]

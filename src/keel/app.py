@@ -34,7 +34,7 @@ from keel.approvals import Approvals
 from keel.audit import AuditEntry, AuditLog, Redactor, VerifyReport, verify_chain
 from keel.config import KeelConfig
 from keel.core import Call, Clock, Effect, Principal, SystemClock, Verdict
-from keel.errors import ConfigError, InvalidRequestError, UsageError
+from keel.errors import ConfigError, InvalidRequestError, KeelError, UsageError
 from keel.gateway import (
     ApprovalGuard,
     AuthenticateGuard,
@@ -65,14 +65,23 @@ from keel.identity import (
 )
 from keel.ledger import Ledger, RateLimiter
 from keel.models import ModelRequest, Provider, ResponseCache, Router
+from keel.net import EgressPolicy
 from keel.policy import CompiledPolicy, Limits, PolicySet, load_policy
 from keel.runtime import ModelCaller, ModelCatalog, ModelOutcome, ModelTarget, Targets
 from keel.runtime.engine import Runtime, WorkflowDef
 from keel.runtime.modelconfig import ModelSettings, build_prices, build_providers
 from keel.runtime.payloads import Payloads, load_or_create_key
+from keel.secrets import SecretStore, default_key_path
 from keel.store import Store, Transaction, open_store
 from keel.telemetry import StateSources, Telemetry
-from keel.tools import FunctionTool, ReconcileHook, Tool, ToolRegistry, check_tool_name
+from keel.tools import (
+    FunctionTool,
+    ReconcileHook,
+    Tool,
+    ToolRegistry,
+    check_tool_name,
+    load_http_tools,
+)
 
 __all__ = ["Agent", "App", "import_app"]
 
@@ -183,6 +192,18 @@ class App:
             or (_PG_AUDIT_PARTITIONS if self.store.dialect == "postgresql" else 1),
         )
         self.tools = ToolRegistry()
+        # Credentials for tools and upstream MCP servers: env:/file: references, or sealed in
+        # the store under the master key (<home>/secrets.key or KEEL_MASTER_KEY).
+        self.secrets = SecretStore(self.store, default_key_path(home), now=self.clock.now)
+        # Where tools may send requests: public addresses, plus what egress_allow names (SSRF).
+        self.egress = EgressPolicy(self.config.egress_allow)
+        for http_tool in load_http_tools(
+            self.config.http_tools,
+            secrets=self.secrets,
+            egress=self.egress,
+            max_response_bytes=self.config.max_payload_bytes,
+        ):
+            self.tools.register(http_tool)
         self._providers: dict[str, Provider] = {}
         self._workflows: dict[str, tuple[WorkflowDef, str]] = {}
         self.payloads = Payloads(self.store, key=load_or_create_key(home / "payload.key"))
@@ -515,6 +536,25 @@ class App:
         return ModelCaller(self.gateway, self.router)
 
     # -- operations --------------------------------------------------------------------------
+
+    def record_refusal(self, error: KeelError, *, stage: str, route: str) -> None:
+        """Record a request refused before it became a call (a surface's authentication, say)
+        as a ``deny`` decision; the record's place is added to ``error.context``."""
+        entry = AuditEntry(
+            kind="decision",
+            decision="deny",
+            rule_id=f"{stage}:{error.code}",
+            body={
+                "stage": stage,
+                "error": {"code": error.code, "message": error.message},
+                "route": route,
+            },
+        )
+        with self.store.write(locks=()) as tx:
+            record = self.audit.append(tx, entry)
+        self.audit.flush()
+        error.context.setdefault("record_seq", record.seq)
+        error.context.setdefault("record_chain", record.chain)
 
     def verify_audit(self) -> VerifyReport:
         """Verify every audit chain, its signed checkpoints and the external anchor file."""

@@ -129,6 +129,23 @@ class KeelConfig(BaseModel):
         False,
         description="GET /metrics needs an operator API key (viewer or above, every tenant).",
     )
+    mcp: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The MCP gateway: upstream MCP servers (stdio commands or streamable-HTTP "
+        "URLs, each with its own credentials), allowed Hosts/Origins and message limits "
+        "(keel.mcp.config).",
+    )
+    http_tools: dict[str, Any] = Field(
+        default_factory=dict,
+        description="REST endpoints declared as governed tools: name -> method, URL template, "
+        "argument mapping, response mapping, credentials from the secret store "
+        "(keel.tools.http).",
+    )
+    egress_allow: tuple[str, ...] = Field(
+        (),
+        description="Hosts, IP addresses or CIDR ranges that outbound tool requests may reach "
+        "although they are private, loopback or link-local (refused by default: SSRF).",
+    )
     log_format: Literal["text", "json"] = Field(
         "text",
         description="Server logs as text, or as JSON lines with run/step/trace ids (secrets "

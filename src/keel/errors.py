@@ -7,7 +7,8 @@ errors to HTTP statuses, MCP errors and CLI exit codes in one place each, keyed 
     KeelError
     ├── UsageError                the caller or operator misused Keel: fix the input, do not retry
     │   ├── ConfigError           a config or policy file is malformed (names file, line and key)
-    │   │   └── PriceUnknown      a model has no known price and none is configured
+    │   │   ├── PriceUnknown      a model has no known price and none is configured
+    │   │   └── SecretNotFound    a secret reference names nothing (never shows a value)
     │   ├── InvalidRequestError   a call's content is bad: unknown tool, schema violation, bad name
     │   │   ├── PayloadTooLargeError   over a size or depth limit
     │   │   └── NotFoundError     no such object, or not the caller's to see (no existence oracle)
@@ -17,7 +18,8 @@ errors to HTTP statuses, MCP errors and CLI exit codes in one place each, keyed 
     │   ├── PolicyDenied          a policy rule denied the call (carries the verdict)
     │   ├── KillSwitchEngaged     a kill switch stops the call
     │   ├── BudgetExceeded        a spending, token or call cap would be exceeded
-    │   └── ApprovalRequired      a person must approve (or the call was escalated)
+    │   ├── ApprovalRequired      a person must approve (or the call was escalated)
+    │   └── EgressDenied          an outbound request would reach a refused address (SSRF)
     ├── RateLimited               too many calls for a limit; ``retry_after`` says when to retry
     ├── ConflictError             the call collides with another one
     │   ├── IdempotencyInFlight   the same key is executing right now (retry later)
@@ -44,6 +46,7 @@ __all__ = [
     "BudgetExceeded",
     "ConfigError",
     "ConflictError",
+    "EgressDenied",
     "IdempotencyInFlight",
     "IdempotencyMismatch",
     "InternalError",
@@ -59,6 +62,7 @@ __all__ = [
     "PriceUnknown",
     "RateLimited",
     "SchemaVersionError",
+    "SecretNotFound",
     "StoreError",
     "ToolError",
     "ToolResultInvalid",
@@ -235,3 +239,18 @@ class InternalError(KeelError):
 class StoreError(InternalError):
     code = "store_error"
     retryable_default = True
+
+
+class EgressDenied(AuthorizationError):
+    """An outbound request was refused before any connection: its URL's scheme, credentials or
+    host, or an address the host resolves to (loopback, private, link-local, metadata ...).
+    ``context``: ``host``, ``address``, ``reason`` (never the URL's path, query or credentials)."""
+
+    code = "egress_denied"
+
+
+class SecretNotFound(ConfigError):
+    """A secret reference (``env:NAME``, ``file:PATH``, ``store:NAME``) names nothing: an unset
+    variable, a missing file, no such stored secret. ``context``: ``ref`` (never a value)."""
+
+    code = "secret_not_found"

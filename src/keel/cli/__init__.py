@@ -21,9 +21,11 @@ from keel.cli._common import (
     resolve_config,
 )
 from keel.cli._keys import keys_app
+from keel.cli._mcp import mcp_app
 from keel.cli._policy import policy_app
 from keel.cli._reconcile import reconcile_command
 from keel.cli._runs import runs_app, worker_command
+from keel.cli._secrets import secrets_app
 from keel.cli._serve import serve_command
 
 __all__ = ["app", "main"]
@@ -43,6 +45,8 @@ app.command("forecast")(forecast_command)
 app.command("worker")(worker_command)
 app.command("serve")(serve_command)
 app.add_typer(keys_app, name="keys")
+app.add_typer(mcp_app, name="mcp")
+app.add_typer(secrets_app, name="secret")
 app.command("reconcile")(reconcile_command)
 app.add_typer(runs_app, name="runs")
 token_app = typer.Typer(help="Agent tokens.", no_args_is_help=True)

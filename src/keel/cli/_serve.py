@@ -70,6 +70,7 @@ def serve_command(
         finally:
             keel.close()
         return
+    os.environ["KEEL_SERVE_WORKERS"] = str(workers)
     if app_spec:
         os.environ["KEEL_APP"] = app_spec
     if config is not None:

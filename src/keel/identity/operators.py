@@ -148,6 +148,16 @@ class OperatorKeys:
             )
         return _from_row(row)
 
+    def live(self, key_id: str) -> OperatorKey:
+        """The key ``key_id`` if it exists and is not revoked, else AuthenticationError (for a
+        session that outlives its key: revoking the key ends the session)."""
+        row = self._store.read_one(
+            f"SELECT {_COLUMNS} FROM operator_keys WHERE key_id = ?", (key_id,)
+        )
+        if row is None or row[7] is not None:
+            raise _refused()
+        return _from_row(row)
+
     def check(self, text: str) -> OperatorKey:
         """The live key ``text`` is, or AuthenticationError (same message for every failure)."""
         match = _KEY.fullmatch(text.strip()) if isinstance(text, str) else None

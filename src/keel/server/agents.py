@@ -23,7 +23,6 @@ from typing import Any
 from fastapi import Request
 
 from keel.app import App
-from keel.audit import AuditEntry
 from keel.errors import AuthenticationError, AuthorizationError, ConfigError, KeelError
 from keel.identity import PublicKey
 from keel.identity._b64 import b64url_decode
@@ -168,21 +167,7 @@ class AgentAuth:
                 )
 
     def _record(self, request: Request, error: AuthenticationError) -> None:
-        entry = AuditEntry(
-            kind="decision",
-            decision="deny",
-            rule_id=f"authenticate:{error.code}",
-            body={
-                "stage": "authenticate",
-                "error": {"code": error.code, "message": error.message},
-                "route": request.url.path,
-            },
-        )
-        with self._keel.store.write(locks=()) as tx:
-            record = self._keel.audit.append(tx, entry)
-        self._keel.audit.flush()
-        error.context.setdefault("record_seq", record.seq)
-        error.context.setdefault("record_chain", record.chain)
+        self._keel.record_refusal(error, stage="authenticate", route=request.url.path)
 
 
 def _peer_certificate(request: Request) -> Mapping[str, Any] | None:

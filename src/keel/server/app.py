@@ -36,7 +36,9 @@ from keel.server.agents import AgentAuth
 from keel.server.audit import audit_router
 from keel.server.auth import OperatorAuth
 from keel.server.budgets import budgets_router
+from keel.server.dashboard import mount_dashboard
 from keel.server.errors import error_body, http_status, response_headers
+from keel.server.mcp_route import mount_mcp
 from keel.server.metrics import TraceContextMiddleware, metrics_router
 from keel.server.operators import operator_router
 from keel.server.policies import policies_router
@@ -91,8 +93,11 @@ class CallOutcome(pydantic.BaseModel):
     latency_ms: float
 
 
-def create_app(keel: App) -> FastAPI:
-    """The ASGI application serving ``keel``. The caller owns ``keel`` (and closes it)."""
+def create_app(keel: App, *, mcp_stateless: bool | None = None) -> FastAPI:
+    """The ASGI application serving ``keel``. The caller owns ``keel`` (and closes it).
+
+    ``mcp_stateless``: serve ``/mcp`` without server-side sessions (several worker processes);
+    default: the config's ``mcp.stateless_http``."""
     config = keel.config
     max_bytes = config.max_payload_bytes
     api = FastAPI(
@@ -219,6 +224,8 @@ def create_app(keel: App) -> FastAPI:
     api.include_router(budgets_router(keel, auth))
     api.include_router(audit_router(keel, auth))
     api.include_router(metrics_router(keel))
+    mount_mcp(api, keel, stateless=mcp_stateless)
+    mount_dashboard(api, keel)
     api.add_middleware(TraceContextMiddleware, telemetry=keel.telemetry)
     _document_errors(api)
     return api

@@ -28,6 +28,9 @@ def build() -> FastAPI:
     else:
         path = os.environ.get("KEEL_CONFIG")
         keel = App(load_config(Path(path) if path else None))
-    api = create_app(keel)
+    # Several worker processes share clients with no session affinity: a handshake-era MCP
+    # session opened on one would be unknown on the others, so /mcp keeps none.
+    several = int(os.environ.get("KEEL_SERVE_WORKERS", "1")) > 1
+    api = create_app(keel, mcp_stateless=True if several else None)
     api.router.on_shutdown.append(keel.close)
     return api

@@ -31,7 +31,7 @@ from keel.server._http import (
 )
 from keel.server.auth import OperatorAuth
 
-__all__ = ["operator_router"]
+__all__ = ["may_switch", "operator_actor", "operator_router"]
 
 
 class Decision(pydantic.BaseModel):
@@ -129,9 +129,9 @@ def operator_router(keel: App, auth: OperatorAuth) -> APIRouter:
 
     def flip(raw: bytes, key: OperatorKey, engage: bool) -> dict[str, Any]:
         body = parse_body(raw, Switch, config.max_payload_bytes, config.max_json_depth)
-        _may_switch(key, body)
+        may_switch(key, body.scope, body.target)
         act = keel.kill_switches.engage if engage else keel.kill_switches.release
-        return _switch(act(body.scope, body.target, reason=body.reason, actor=_actor(key)))
+        return _switch(act(body.scope, body.target, reason=body.reason, actor=operator_actor(key)))
 
     @router.post("/kill-switches/engage", openapi_extra=documented_body(Switch))
     def engage(raw: bytes = read_body, key: OperatorKey = switcher) -> dict[str, Any]:
@@ -160,15 +160,16 @@ def operator_router(keel: App, auth: OperatorAuth) -> APIRouter:
                 )
             tenant = key.tenant
         revocation = keel.revoke_token(
-            body.jti, agent=body.agent, tenant=tenant, reason=body.reason, actor=_actor(key)
+            body.jti, agent=body.agent, tenant=tenant, reason=body.reason, actor=operator_actor(key)
         )
         return revocation.to_dict()
 
     return router
 
 
-def _may_switch(key: OperatorKey, body: Switch) -> None:
-    if key.tenant is None or (body.scope == "tenant" and body.target == key.tenant):
+def may_switch(key: OperatorKey, scope: str, target: str) -> None:
+    """A tenant key may flip its own tenant's switch only (the REST route and the dashboard)."""
+    if key.tenant is None or (scope == "tenant" and target == key.tenant):
         return
     raise AuthorizationError(
         f"key {key.key_id} acts for tenant {key.tenant!r} only: it may switch "
@@ -178,7 +179,7 @@ def _may_switch(key: OperatorKey, body: Switch) -> None:
     )
 
 
-def _actor(key: OperatorKey) -> str:
+def operator_actor(key: OperatorKey) -> str:
     return f"{key.name} (operator key {key.key_id})"
 
 

@@ -21,7 +21,7 @@ from keel.server._http import NOT_FOUND, OPERATOR_RESPONSES, body_dependency, pa
 from keel.server.auth import OperatorAuth
 from keel.tools import check_model_name, check_tool_name
 
-__all__ = ["policies_router"]
+__all__ = ["ExplainBody", "explain_call", "policies_router", "visible_policies"]
 
 _NAME = pydantic.Field(min_length=1, max_length=200)
 
@@ -120,7 +120,7 @@ def policies_router(keel: App, auth: OperatorAuth) -> APIRouter:
     viewer = auth.needs("viewer")
 
     def visible(key: OperatorKey) -> list[CompiledPolicy]:
-        return [p for p in keel.policies if key.tenant is None or p.covers_tenant(key.tenant)]
+        return visible_policies(keel, key)
 
     @router.get("", response_model=PolicyList)
     def list_policies(key: OperatorKey = viewer) -> dict[str, Any]:
@@ -182,18 +182,30 @@ def policies_router(keel: App, auth: OperatorAuth) -> APIRouter:
     )
     def explain(raw: bytes = read_body, key: OperatorKey = viewer) -> dict[str, Any]:
         """How the loaded policies decide a call (nothing runs, nothing is recorded)."""
-        body = parse_body(raw, ExplainBody, config.max_payload_bytes, config.max_json_depth)
-        principal = _principal(keel, body)
-        if not key.covers(principal.tenant):
-            raise AuthorizationError(
-                f"key {key.key_id} acts for tenant {key.tenant!r} only",
-                code="tenant_mismatch",
-                context={"key_id": key.key_id, "tenant": key.tenant},
-            )
-        call, effect, registered = _call(keel, body, principal)
-        return {**keel.explain(call, effect), "registered": registered}
+        return explain_call(keel, key, raw)
 
     return router
+
+
+def visible_policies(keel: App, key: OperatorKey) -> list[CompiledPolicy]:
+    """The loaded policies a key may see (a tenant key: those that cover its tenant)."""
+    return [p for p in keel.policies if key.tenant is None or p.covers_tenant(key.tenant)]
+
+
+def explain_call(keel: App, key: OperatorKey, raw: bytes) -> dict[str, Any]:
+    """``raw`` (an ``ExplainBody`` as JSON) explained for ``key``: the REST route and the
+    dashboard's "explain this call" share it."""
+    config = keel.config
+    body = parse_body(raw, ExplainBody, config.max_payload_bytes, config.max_json_depth)
+    principal = _principal(keel, body)
+    if not key.covers(principal.tenant):
+        raise AuthorizationError(
+            f"key {key.key_id} acts for tenant {key.tenant!r} only",
+            code="tenant_mismatch",
+            context={"key_id": key.key_id, "tenant": key.tenant},
+        )
+    call, effect, registered = _call(keel, body, principal)
+    return {**keel.explain(call, effect), "registered": registered}
 
 
 def _summary(policy: CompiledPolicy) -> dict[str, Any]:

@@ -299,6 +299,46 @@ MIGRATIONS: Final[tuple[tuple[int, str, tuple[str, ...]], ...]] = (
             "CREATE INDEX token_revocations_forget ON token_revocations (forget_after)",
         ),
     ),
+    (
+        8,
+        "secrets encrypted at rest (AES-GCM under the master key) for tools and upstreams",
+        (
+            # ``sealed`` is nonce || ciphertext+tag; the associated data binds it to ``name``, so a
+            # row copied under another name does not open. ``key_id`` names the master key used.
+            """CREATE TABLE secrets (
+                name TEXT PRIMARY KEY,
+                sealed {blob} NOT NULL,
+                key_id TEXT NOT NULL,
+                created_at TEXT NOT NULL,
+                updated_at TEXT NOT NULL,
+                updated_by TEXT NOT NULL
+            )""",
+        ),
+    ),
+    (
+        9,
+        "pinned definitions of upstream MCP tools (rug-pull detection)",
+        (
+            # One row per (upstream, tool): the digest of the description and schemas an operator
+            # approved, and what the upstream offers now. status: 'approved', 'pending' (new, or
+            # flagged at registration), 'changed' (offered digest differs: disabled until
+            # re-approved), 'rejected'.
+            """CREATE TABLE mcp_tool_pins (
+                upstream TEXT NOT NULL,
+                tool TEXT NOT NULL,
+                status TEXT NOT NULL,
+                approved_digest TEXT,
+                offered_digest TEXT NOT NULL,
+                offered TEXT NOT NULL,
+                findings TEXT NOT NULL,
+                first_seen TEXT NOT NULL,
+                last_seen TEXT NOT NULL,
+                decided_by TEXT,
+                decided_at TEXT,
+                PRIMARY KEY (upstream, tool)
+            )""",
+        ),
+    ),
 )
 
 SCHEMA_VERSION: Final[int] = MIGRATIONS[-1][0]

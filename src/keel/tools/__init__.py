@@ -1,4 +1,7 @@
-"""Tools: contracts, canonical names, the registry and adapters. Knows nothing of governance."""
+"""Tools: contracts, canonical names, the registry and adapters (functions, HTTP endpoints).
+
+Knows nothing of governance.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +14,15 @@ from keel.tools.contract import (
     ToolSpec,
 )
 from keel.tools.function import FunctionTool, Tool
+from keel.tools.http import HttpEndpoint, HttpTool, load_http_tools
 from keel.tools.names import check_model_name, check_tool_name
 from keel.tools.registry import ToolRegistry
 
 __all__ = [
     "ArgumentValidator",
     "FunctionTool",
+    "HttpEndpoint",
+    "HttpTool",
     "JSONSchemaValidator",
     "ModelValidator",
     "ReconcileHook",
@@ -26,4 +32,5 @@ __all__ = [
     "ToolSpec",
     "check_model_name",
     "check_tool_name",
+    "load_http_tools",
 ]
