@@ -4,8 +4,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -46,8 +49,34 @@ def served(tmp_path: Path) -> Iterator[tuple[App, str]]:
     with App(KeelConfig(store_url=f"sqlite:///{tmp_path}/k.db", home=tmp_path / "home")) as keel:
         keel.add_policy(POLICY)
         keel.register(RecordingTool("billing.refund", scope="billing:write", effect="irreversible"))
+
+        @keel.workflow("refund", agent="refund-bot", scopes=["billing:write"], tenant="acme")
+        async def refund(run: Any, data: Any) -> dict[str, Any]:
+            await run.tool("billing.refund", {"order_id": data["order_id"], "amount": 250})
+            return {"refunded": 250}
+
         with serving(keel) as base:
             yield keel, base
+
+
+@contextlib.contextmanager
+def _worker(keel: App) -> Iterator[None]:
+    """A workflow worker beside the server, as ``keel worker`` would run."""
+    stop = threading.Event()
+    worker = keel.runtime.worker()
+
+    def loop() -> None:
+        while not stop.is_set():
+            if worker.run_once() is None:
+                stop.wait(0.05)
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(30)
 
 
 @pytest.fixture
@@ -178,3 +207,33 @@ def test_policies_screen_explains_a_pasted_call(served: tuple[App, str], page: A
     verdict.wait_for()
     assert "require_approval" in verdict.inner_text()
     _shot(page, "policies")
+
+
+def test_a_running_workflow_waits_is_approved_in_the_browser_and_completes(
+    served: tuple[App, str], page: Any
+) -> None:
+    keel, base = served
+    key, _ = keel.operator_keys.create("Ana", "approver", labels=("finance",))
+    with _worker(keel):
+        run = keel.runtime.submit("refund", {"order_id": "W-3"}, on_behalf_of="dana@example.com")
+        for _ in range(400):
+            if keel.runtime.get(run.run_id).status == "waiting":
+                break
+            time.sleep(0.05)
+        assert keel.runtime.get(run.run_id).status == "waiting"
+        _login(page, base, key)
+        card = page.locator("section.card", has_text=run.run_id)
+        card.wait_for()
+        assert "dana@example.com" in card.inner_text()
+        card.get_by_label("Note").fill("order checked")
+        card.get_by_role("button", name="Approve").click()
+        page.get_by_role("status").wait_for()
+        page.goto(f"{base}/runs/{run.run_id}")
+        # The run page refreshes itself while the run is active (static/live.js).
+        page.locator("h1 .badge.completed").wait_for(timeout=20_000)
+        step = page.locator("li.step", has_text="billing.refund")
+        text = step.inner_text()
+        assert "ran after approval" in text
+        assert "approve by Ana" in text and "order checked" in text
+        _shot(page, "run-timeline")
+    assert keel.runtime.get(run.run_id).status == "completed"

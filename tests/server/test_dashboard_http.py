@@ -131,10 +131,52 @@ def test_the_runs_screen_lists_runs_and_shows_their_steps(served: Served) -> Non
     assert "orders.lookup" in shown.text and "billing.refund" in shown.text
     other = client.get("/runs?status=failed")
     assert record.run_id not in other.text
-    filtered = client.get("/runs?status=bogus&workflow=none")
-    assert filtered.status_code == 200
+    for bad in ("status=bogus", "window=5y"):
+        refused = client.get(f"/runs?{bad}")
+        assert refused.status_code == 303 and "err=1" in refused.headers["location"], bad
     missing = client.get("/runs/run_nope")
     assert missing.status_code == 303 and "err=1" in missing.headers["location"]
+
+
+def test_a_runs_timeline_shows_verdicts_rules_costs_and_links_to_its_records(
+    served: Served,
+) -> None:
+    client, _ = _login(served, "viewer")
+    record = served.keel.runtime.submit("small-refund", {"order_id": "R-7"}, on_behalf_of="ola")
+    served.keel.runtime.worker().drain()
+    page = client.get(f"/runs/{record.run_id}").text
+    records = query(served.keel.store, run_id=record.run_id, limit=100)
+    calls = [r for r in records if r.entry.kind == "call"]
+    assert {r.entry.tool for r in calls} == {"orders.lookup", "billing.refund"}
+    for call in calls:  # every executed call links to its record, with its rule
+        assert f'href="/audit/{call.chain}/{call.seq}"' in page
+        assert f"<code>{call.entry.rule_id}</code>" in page
+        assert f"{call.entry.body['latency_ms']:.1f} ms" in page
+    assert "on behalf of ola" in page and "run.completed" in page
+    assert "&#34;order_id&#34;: &#34;R-7&#34;" in page  # the arguments, as recorded
+    assert 'data-live="' not in page  # an ended run's page does not refresh itself
+
+
+def test_the_runs_list_pages_filters_by_time_and_keeps_tenants_apart(served: Served) -> None:
+    keel = served.keel
+    made = []
+    for i in range(105):
+        keel.clock.advance(1)  # type: ignore[attr-defined]
+        made.append(keel.runtime.submit("small-refund", {"order_id": f"P-{i}"}))
+    client, _ = _login(served, "viewer")
+    first = client.get("/runs").text
+    assert made[-1].run_id in first and made[0].run_id not in first
+    older = re.search(r'href="(/runs\?[^"]*before=[^"]+)"', first)
+    assert older is not None
+    second = client.get(older.group(1).replace("&amp;", "&")).text
+    assert made[0].run_id in second and made[-1].run_id not in second
+    assert "back to the newest" in second
+    keel.clock.advance(3 * 86400)  # type: ignore[attr-defined]
+    assert "No runs match." in client.get("/runs?window=24h").text
+    assert made[-1].run_id in client.get("/runs?window=7d&before=junk").text
+    other, _ = _login(served, "viewer", tenant="globex")
+    assert "No runs match." in other.get("/runs?tenant=acme").text
+    assert other.get(f"/runs/{made[0].run_id}").status_code == 303
 
 
 def test_kill_switches_need_the_operator_role_a_reason_and_a_confirmation(

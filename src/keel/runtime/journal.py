@@ -138,6 +138,10 @@ class RunRecord:
             updated_at=_dt.datetime.fromisoformat(updated),
         )
 
+    def cursor(self) -> tuple[str, str]:
+        """Where a page of :meth:`RunStore.find` that ends with this run continues."""
+        return _ts(self.created_at), self.run_id
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "run_id": self.run_id,
@@ -294,16 +298,32 @@ class RunStore:
         workflow: str | None = None,
         tenant: str | None = None,
         limit: int = 100,
+        since: _dt.datetime | None = None,
+        until: _dt.datetime | None = None,
+        before: tuple[str, str] | None = None,
     ) -> list[RunRecord]:
-        clauses, params = [], []
+        """Runs, newest first: of one status, workflow and tenant if given, created in
+        ``[since, until)``; ``before`` = ``(created_at, run_id)`` of the last run of the
+        previous page continues after it."""
+        clauses: list[str] = []
+        params: list[str] = []
         for column, value in (("status", status), ("workflow", workflow), ("tenant", tenant)):
             if value is not None:
                 clauses.append(f"{column} = ?")
                 params.append(value)
+        if since is not None:
+            clauses.append("created_at >= ?")
+            params.append(_ts(since))
+        if until is not None:
+            clauses.append("created_at < ?")
+            params.append(_ts(until))
+        if before is not None:
+            clauses.append("(created_at < ? OR (created_at = ? AND run_id < ?))")
+            params += [before[0], before[0], before[1]]
         sql = f"SELECT {_RUN_COLUMNS} FROM runs"
         if clauses:
             sql += " WHERE " + " AND ".join(clauses)
-        sql += " ORDER BY created_at DESC LIMIT ?"
+        sql += " ORDER BY created_at DESC, run_id DESC LIMIT ?"
         params.append(str(limit))
         with self.store.read() as tx:
             return [RunRecord.from_row(r) for r in tx.fetchall(sql, params)]

@@ -41,6 +41,7 @@ def register(site: Site) -> None:
             who,
             approvals=rows,
             can_decide=key.allows("approver"),
+            live=10,
             page="approvals",
         )
 
