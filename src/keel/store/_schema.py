@@ -339,6 +339,15 @@ MIGRATIONS: Final[tuple[tuple[int, str, tuple[str, ...]], ...]] = (
             )""",
         ),
     ),
+    (
+        10,
+        "runs listed newest first, by tenant and by state (the dashboard and GET /v1/runs)",
+        (
+            "CREATE INDEX runs_created ON runs (created_at, run_id)",
+            "CREATE INDEX runs_tenant ON runs (tenant, created_at, run_id)",
+            "CREATE INDEX runs_status ON runs (status, created_at, run_id)",
+        ),
+    ),
 )
 
 SCHEMA_VERSION: Final[int] = MIGRATIONS[-1][0]
