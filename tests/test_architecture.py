@@ -38,6 +38,7 @@ LAYERS: dict[str, int] = {
     "keel.demo": 6,
     "keel.server": 6,
     "keel.cli": 6,
+    "keel.__main__": 6,
 }
 #: Packages at the same layer that must not import each other.
 SIBLINGS_ISOLATED = {2}

@@ -358,4 +358,8 @@ def _print(report: DemoReport, console: Console, *, quiet: bool, config_path: Pa
         f"  keel budget show --config {config_path} --all-days\n"
         f"  keel forecast support --runs 1000 --config {config_path}\n"
         f"  keel policy explain {folder / 'policy.yaml'} --call {folder / 'call.json'}\n"
+        "\nThe dashboard over this data (who approved what, cost per unit, forecast):\n"
+        f"  keel keys create --name you --role admin --config {config_path}\n"
+        f"  keel serve --app keel.demo.workflows:demo_app --config {config_path}\n"
+        "  then open http://127.0.0.1:8000/ and log in with the key\n"
     )

@@ -348,6 +348,52 @@ MIGRATIONS: Final[tuple[tuple[int, str, tuple[str, ...]], ...]] = (
             "CREATE INDEX runs_status ON runs (status, created_at, run_id)",
         ),
     ),
+    (
+        11,
+        "audit search at scale: each filter's index keeps its chain's order; tenant, rule, time",
+        (
+            # A search of a log of one chain names that chain and wants the newest matches
+            # first: (column, chain, seq) finds them without sorting every match. A partitioned
+            # log orders by ts across chains, and health counts read time windows: (ts, seq,
+            # kind, decision, tenant) answers both, and a time range's seq bounds, from the index.
+            "DROP INDEX audit_records_agent",
+            "DROP INDEX audit_records_tool",
+            "CREATE INDEX audit_records_agent ON audit_records (agent, chain, seq)",
+            "CREATE INDEX audit_records_tool ON audit_records (tool, chain, seq)",
+            "CREATE INDEX audit_records_tenant ON audit_records (tenant, chain, seq)",
+            "CREATE INDEX audit_records_rule ON audit_records (rule_id, chain, seq)",
+            "CREATE INDEX audit_records_ts ON audit_records (ts, seq, kind, decision, tenant)",
+        ),
+    ),
+    (
+        12,
+        "hourly spend of closed hours (keel.ledger.rollup); reservations by time",
+        (
+            # One row per closed hour, tenant, workflow ('' outside workflows) and target; an
+            # hour is listed in ledger_rollup_hours once its rows are written (even with none).
+            """CREATE TABLE ledger_rollup (
+                hour TEXT NOT NULL,
+                tenant TEXT NOT NULL,
+                workflow TEXT NOT NULL,
+                target TEXT NOT NULL,
+                spent_usd {bigint} NOT NULL,
+                spent_tokens {bigint} NOT NULL,
+                spent_calls {bigint} NOT NULL,
+                reservations {bigint} NOT NULL,
+                overruns {bigint} NOT NULL,
+                PRIMARY KEY (hour, tenant, workflow, target)
+            )""",
+            """CREATE TABLE ledger_rollup_hours (
+                hour TEXT PRIMARY KEY,
+                closed_at TEXT NOT NULL
+            )""",
+            "CREATE INDEX ledger_reservations_created ON ledger_reservations (created_at)",
+            "CREATE INDEX ledger_reservations_unsettled ON ledger_reservations (created_at) "
+            "WHERE status IN ('held', 'expired')",
+            "CREATE INDEX ledger_counters_shared ON ledger_counters (tenant, period) "
+            "WHERE run_id IS NULL",
+        ),
+    ),
 )
 
 SCHEMA_VERSION: Final[int] = MIGRATIONS[-1][0]
