@@ -121,3 +121,13 @@ def anchor_path(tmp_path: Path) -> Path:
 @pytest.fixture
 def log(store: Store, clock: FrozenClock) -> AuditLog:
     return AuditLog(store, clock)
+
+
+@pytest.fixture
+def filled(store: Store, clock: FrozenClock, entry: Callable[..., AuditEntry]) -> Store:
+    """``store`` with 30 sample records, a minute apart."""
+    log = AuditLog(store, clock)
+    for i in range(30):
+        log.record(entry(i))
+        clock.advance(minutes=1)
+    return store

@@ -8,21 +8,11 @@ from collections.abc import Callable
 import pytest
 
 import keel.audit
-from keel.audit import AuditEntry, AuditLog, query
+from keel.audit import AuditEntry, query
 from keel.errors import InvalidRequestError
 from keel.store import Store
-from keel.testing import FrozenClock
 
 Entry = Callable[..., AuditEntry]
-
-
-@pytest.fixture
-def filled(store: Store, clock: FrozenClock, entry: Entry) -> Store:
-    log = AuditLog(store, clock)
-    for i in range(30):
-        log.record(entry(i))
-        clock.advance(minutes=1)
-    return store
 
 
 def test_newest_first_with_limit(filled: Store) -> None:

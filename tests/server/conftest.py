@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,19 @@ class Served:
         self.token = keel.mint_token(
             "remote-bot", tenant="acme", scopes=["orders:read", "billing:write", "ping:run"]
         )
+        self.clients: list[httpx.Client] = []
+
+    def login(
+        self, role: str, *, next: str = "/approvals", **options: Any
+    ) -> tuple[httpx.Client, str]:
+        """A new operator key of ``role`` logged in to the dashboard: an HTTP client with the
+        session cookie (closed with the server) and the key's id."""
+        text, record = self.keel.operator_keys.create(f"{role}-person", role, **options)
+        client = httpx.Client(base_url=self.base, follow_redirects=False)
+        self.clients.append(client)
+        response = client.post("/login", data={"key": text, "next": next})
+        assert response.status_code == 303 and response.headers["location"] == next
+        return client, record.key_id
 
     def post(
         self, body: Any, *, key: str | None = None, token: str | None = None, **kw: Any
@@ -71,4 +85,14 @@ def served(tmp_path: Path, store_url: str) -> Iterator[Served]:
             return {"order": order, "refunded": 5}
 
         with serving(keel) as base:
-            yield Served(keel, base, refund)
+            served = Served(keel, base, refund)
+            yield served
+            for client in served.clients:
+                client.close()
+
+
+def csrf_of(page: str) -> str:
+    """The CSRF token of a dashboard page's forms."""
+    match = re.search(r'name="csrf" value="([^"]+)"', page)
+    assert match is not None
+    return match.group(1)

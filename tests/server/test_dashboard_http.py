@@ -7,11 +7,10 @@ import re
 from typing import Any
 
 import httpx
-import pytest
 
 from keel.audit import query
 
-from .conftest import Served
+from .conftest import Served, csrf_of
 
 BIG_REFUND = {"tool": "billing.refund", "arguments": {"order_id": "A-9", "amount": 500}}
 
@@ -22,36 +21,19 @@ def _pending(served: Served) -> str:
     return str(response.json()["error"]["context"]["approval_id"])
 
 
-_OPEN: list[httpx.Client] = []
-
-
-@pytest.fixture(autouse=True)
-def _close_clients() -> Any:
-    yield
-    while _OPEN:
-        _OPEN.pop().close()
-
-
 def _client(served: Served) -> httpx.Client:
     client = httpx.Client(base_url=served.base, follow_redirects=False)
-    _OPEN.append(client)
+    served.clients.append(client)
     return client
 
 
 def _login(served: Served, role: str, **options: Any) -> tuple[httpx.Client, str]:
-    text, record = served.keel.operator_keys.create(f"{role}-person", role, **options)
-    client = _client(served)
-    response = client.post("/login", data={"key": text, "next": "/approvals"})
-    assert response.status_code == 303 and response.headers["location"] == "/approvals"
-    cookie = response.headers["set-cookie"].lower()
-    assert "httponly" in cookie and "samesite=strict" in cookie
-    return client, record.key_id
-
-
-def _csrf(page: str) -> str:
-    match = re.search(r'name="csrf" value="([^"]+)"', page)
-    assert match is not None
-    return match.group(1)
+    client, key_id = served.login(role, **options)
+    # the session cookie as the browser got it: HttpOnly, SameSite=Strict
+    (cookie,) = [c for c in client.cookies.jar if c.name == "keel_session"]
+    assert cookie.has_nonstandard_attr("HttpOnly")
+    assert str(cookie.get_nonstandard_attr("SameSite")).lower() == "strict"
+    return client, key_id
 
 
 def test_an_approver_logs_in_sees_the_exact_call_and_approves_it(served: Served) -> None:
@@ -66,7 +48,7 @@ def test_an_approver_logs_in_sees_the_exact_call_and_approves_it(served: Served)
     forged = client.post(f"/approvals/{approval_id}/approve", data={"csrf": "nope"})
     assert forged.status_code == 403
     assert served.keel.approvals.get(approval_id).status == "pending"
-    done = client.post(f"/approvals/{approval_id}/approve", data={"csrf": _csrf(page.text)})
+    done = client.post(f"/approvals/{approval_id}/approve", data={"csrf": csrf_of(page.text)})
     assert done.status_code == 303 and "approved" in done.headers["location"]
     assert served.keel.approvals.get(approval_id).status == "approved"
     assert served.post({**BIG_REFUND, "approval_id": approval_id}).status_code == 200
@@ -78,7 +60,7 @@ def test_a_viewer_sees_the_queue_but_cannot_decide(served: Served) -> None:
     client, _ = _login(served, "viewer")
     page = client.get("/approvals").text
     assert approval_id in page and "cannot decide" not in page and "can look but not decide" in page
-    refused = client.post(f"/approvals/{approval_id}/approve", data={"csrf": _csrf(page)})
+    refused = client.post(f"/approvals/{approval_id}/approve", data={"csrf": csrf_of(page)})
     assert refused.status_code == 303 and "err=1" in refused.headers["location"]
     assert served.keel.approvals.get(approval_id).status == "pending"
 
@@ -86,7 +68,7 @@ def test_a_viewer_sees_the_queue_but_cannot_decide(served: Served) -> None:
 def test_a_denial_needs_a_reason_and_is_seen_by_the_agent(served: Served) -> None:
     approval_id = _pending(served)
     client, _ = _login(served, "approver", labels=("finance",))
-    csrf = _csrf(client.get("/approvals").text)
+    csrf = csrf_of(client.get("/approvals").text)
     empty = client.post(f"/approvals/{approval_id}/deny", data={"csrf": csrf, "reason": ""})
     assert "err=1" in empty.headers["location"]
     client.post(f"/approvals/{approval_id}/deny", data={"csrf": csrf, "reason": "not today"})
@@ -185,11 +167,11 @@ def test_kill_switches_need_the_operator_role_a_reason_and_a_confirmation(
     viewer, _ = _login(served, "viewer")
     page = viewer.get("/kill-switches").text
     assert "None: calls flow." in page and "can look but not flip" in page
-    form = {"csrf": _csrf(page), "scope": "tool", "target": "billing.refund", "reason": "x"}
+    form = {"csrf": csrf_of(page), "scope": "tool", "target": "billing.refund", "reason": "x"}
     refused = viewer.post("/kill-switches/engage", data={**form, "confirm": "yes"})
     assert "err=1" in refused.headers["location"] and served.keel.kill_switches.list() == []
     operator, _ = _login(served, "operator")
-    csrf = _csrf(operator.get("/kill-switches").text)
+    csrf = csrf_of(operator.get("/kill-switches").text)
     form["csrf"] = csrf
     unconfirmed = operator.post("/kill-switches/engage", data=form)
     assert "err=1" in unconfirmed.headers["location"]
@@ -201,7 +183,7 @@ def test_kill_switches_need_the_operator_role_a_reason_and_a_confirmation(
     wide = tenant_key.post(
         "/kill-switches/engage",
         data={
-            "csrf": _csrf(tenant_key.get("/kill-switches").text),
+            "csrf": csrf_of(tenant_key.get("/kill-switches").text),
             "scope": "global",
             "target": "*",
             "reason": "y",
@@ -233,10 +215,10 @@ def test_policies_are_listed_with_hashes_and_a_pasted_call_is_explained(served: 
         '{"tool": "billing.refund", "arguments": {"order_id": "A-1", "amount": 500}, '
         '"agent": "remote-bot", "tenant": "acme"}'
     )
-    explained = client.post("/policies/explain", data={"csrf": _csrf(page), "call": call})
+    explained = client.post("/policies/explain", data={"csrf": csrf_of(page), "call": call})
     assert explained.status_code == 200
     assert "require_approval" in explained.text
     assert "require_approval_if_over[billing.refund]" in explained.text
-    broken = client.post("/policies/explain", data={"csrf": _csrf(page), "call": "{nope"})
+    broken = client.post("/policies/explain", data={"csrf": csrf_of(page), "call": "{nope"})
     assert broken.status_code == 303 and "err=1" in broken.headers["location"]
     assert client.post("/policies/explain", data={"call": call}).status_code == 403  # no CSRF

@@ -16,7 +16,7 @@ import pytest
 
 from keel import App, KeelConfig
 from keel.ledger import MIN_OBSERVATIONS
-from keel.server.dashboard.spend import usd
+from keel.server.dashboard.site import usd
 from keel.testing import FrozenClock, RecordingTool, ScriptedModel
 
 from ._serving import serving

@@ -1,5 +1,6 @@
 """Keel's audit log: redaction, typed records, a hash chain with signed checkpoints,
-offline verification and search (paged with cursors, or streamed).
+offline verification and search (paged with cursors, or streamed); ``keel.audit.summary``
+counts a time window's calls and reads the last checkpoints from the indexes alone.
 
     from keel.audit import AuditEntry, AuditLog, Redactor, verify_chain
 

@@ -328,9 +328,15 @@ class RunStore:
         with self.store.read() as tx:
             return [RunRecord.from_row(r) for r in tx.fetchall(sql, params)]
 
-    def counts(self) -> dict[str, int]:
+    def counts(self, tenant: str | None = None) -> dict[str, int]:
+        """Runs per state (of ``tenant`` if given)."""
         with self.store.read() as tx:
-            rows = tx.fetchall("SELECT status, COUNT(*) FROM runs GROUP BY status")
+            if tenant is None:
+                rows = tx.fetchall("SELECT status, COUNT(*) FROM runs GROUP BY status")
+            else:
+                rows = tx.fetchall(
+                    "SELECT status, COUNT(*) FROM runs WHERE tenant = ? GROUP BY status", (tenant,)
+                )
         return {str(status): int(n) for status, n in rows}
 
     def claim(self, owner: str, lease: _dt.timedelta) -> RunRecord | None:

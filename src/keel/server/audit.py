@@ -27,7 +27,7 @@ from keel.identity import OperatorKey
 from keel.server._http import ISO_TIME, NOT_FOUND, OPERATOR_RESPONSES, QueryText, utc_param
 from keel.server.auth import OperatorAuth, tenant_filter
 
-__all__ = ["audit_router"]
+__all__ = ["audit_router", "json_lines"]
 
 _LINES_PER_CHUNK = 200
 
@@ -106,6 +106,15 @@ def audit_router(keel: App, auth: OperatorAuth) -> APIRouter:
         run_id: QueryText = None,
         tool: QueryText = None,
         decision: QueryText = None,
+        rule_id: Annotated[
+            str | None,
+            Query(
+                min_length=1,
+                max_length=200,
+                pattern=r"^[^\x00-\x1f\x7f]+$",
+                description="The id of the rule that decided (as in the record's rule_id).",
+            ),
+        ] = None,
         kind: Annotated[EntryKind | None, Query(description="decision, call or control")] = None,
         since: Annotated[
             _dt.datetime | None, ISO_TIME, Query(description="Recorded at or after (inclusive).")
@@ -122,6 +131,7 @@ def audit_router(keel: App, auth: OperatorAuth) -> APIRouter:
             "run_id": run_id,
             "tool": tool,
             "decision": decision,
+            "rule_id": rule_id,
             "kind": kind,
             "since": utc_param(since, "since"),
             "until": utc_param(until, "until"),
@@ -172,7 +182,7 @@ def audit_router(keel: App, auth: OperatorAuth) -> APIRouter:
     )
     def export(chosen: dict[str, Any] = chosen_filters) -> StreamingResponse:
         """Every record matching the filters, as JSON lines, streamed a page at a time."""
-        chunks = _ndjson(iter_query(keel.store, **chosen))
+        chunks = json_lines(iter_query(keel.store, **chosen))
         first = next(chunks, b"")  # errors before the first byte still get their status
         return StreamingResponse(
             itertools.chain((first,), chunks), media_type="application/x-ndjson"
@@ -199,7 +209,8 @@ def _json(data: Any) -> Response:
     )
 
 
-def _ndjson(records: Iterable[Record]) -> Iterator[bytes]:
+def json_lines(records: Iterable[Record]) -> Iterator[bytes]:
+    """Records as JSON lines (ASCII), a chunk of a few hundred lines at a time."""
     lines = (json.dumps(r.to_dict(), separators=(",", ":")) for r in records)
     while chunk := list(itertools.islice(lines, _LINES_PER_CHUNK)):
         yield ("\n".join(chunk) + "\n").encode("ascii")

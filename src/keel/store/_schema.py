@@ -350,7 +350,7 @@ MIGRATIONS: Final[tuple[tuple[int, str, tuple[str, ...]], ...]] = (
     ),
     (
         11,
-        "audit search at scale: each filter's index keeps its chain's order; tenant, rule, time",
+        "audit search at scale: an index per filter that keeps each chain's order, and time",
         (
             # A search of a log of one chain names that chain and wants the newest matches
             # first: (column, chain, seq) finds them without sorting every match. A partitioned
@@ -362,6 +362,7 @@ MIGRATIONS: Final[tuple[tuple[int, str, tuple[str, ...]], ...]] = (
             "CREATE INDEX audit_records_tool ON audit_records (tool, chain, seq)",
             "CREATE INDEX audit_records_tenant ON audit_records (tenant, chain, seq)",
             "CREATE INDEX audit_records_rule ON audit_records (rule_id, chain, seq)",
+            "CREATE INDEX audit_records_decision ON audit_records (decision, chain, seq)",
             "CREATE INDEX audit_records_ts ON audit_records (ts, seq, kind, decision, tenant)",
         ),
     ),

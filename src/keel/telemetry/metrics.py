@@ -48,7 +48,15 @@ from keel.ledger import MICROS_PER_USD, Ledger
 from keel.models import CacheStats
 from keel.store import Store
 
-__all__ = ["CONTENT_TYPE", "UNRESOLVED", "Metrics", "StateCollector", "StateSources"]
+__all__ = [
+    "CONTENT_TYPE",
+    "UNRESOLVED",
+    "Metrics",
+    "OpenApprovals",
+    "StateCollector",
+    "StateSources",
+    "open_approvals",
+]
 
 log = logging.getLogger("keel.telemetry")
 
@@ -214,14 +222,8 @@ class StateCollector(Collector):
     def _approvals(self) -> list[Metric]:
         store = self._sources.store
         assert store is not None
-        # The (status, created_at) index answers this without touching decided requests.
-        with store.read() as tx:
-            rows = tx.fetchall(
-                "SELECT status, COUNT(*), MIN(created_at) FROM approvals "
-                "WHERE status IN ('pending', 'escalated') GROUP BY status"
-            )
         now = self._sources.clock.now()
-        found = {str(status): (int(n), oldest) for status, n, oldest in rows}
+        found = open_approvals(store, now)
         count = GaugeMetricFamily(
             "keel_approvals_open", "Approval requests waiting for a decision.", labels=["status"]
         )
@@ -231,10 +233,9 @@ class StateCollector(Collector):
             labels=["status"],
         )
         for status in _OPEN_APPROVALS:
-            n, oldest = found.get(status, (0, None))
-            count.add_metric([status], n)
-            seconds = (now - _parse(oldest)).total_seconds() if oldest else 0.0
-            age.add_metric([status], max(seconds, 0.0))
+            waiting = found[status]
+            count.add_metric([status], waiting.count)
+            age.add_metric([status], waiting.oldest_age_seconds(now))
         return [count, age]
 
     def _runs(self) -> list[Metric]:
@@ -317,6 +318,61 @@ class StateCollector(Collector):
             value=stats.hits / looked if looked else 0.0,
         )
         return [requests, ratio]
+
+
+@dataclass(frozen=True, slots=True)
+class OpenApprovals:
+    """Approval requests of one ``status`` (pending or escalated) waiting for a decision: how
+    many, since when the oldest, and how many by age (under an hour, an hour to a day, older)."""
+
+    status: str
+    count: int = 0
+    oldest: _dt.datetime | None = None
+    under_hour: int = 0
+    under_day: int = 0
+    over_day: int = 0
+
+    def oldest_age_seconds(self, now: _dt.datetime) -> float:
+        """How long the oldest has waited (0 when none waits)."""
+        return max((now - self.oldest).total_seconds(), 0.0) if self.oldest else 0.0
+
+
+def open_approvals(
+    store: Store, now: _dt.datetime, *, tenant: str | None = None
+) -> dict[str, OpenApprovals]:
+    """The requests waiting for a decision, by status (both open statuses always present), of
+    ``tenant`` only if given. One read; the (status, created_at) index answers it without
+    touching decided requests."""
+    hour, day = (_stamp(now - _dt.timedelta(hours=n)) for n in (1, 24))
+    sql = (
+        "SELECT status, COUNT(*), MIN(created_at), "
+        "SUM(CASE WHEN created_at > ? THEN 1 ELSE 0 END), "
+        "SUM(CASE WHEN created_at > ? AND created_at <= ? THEN 1 ELSE 0 END) "
+        "FROM approvals WHERE status IN ('pending', 'escalated')"
+    )
+    params: list[object] = [hour, day, hour]
+    if tenant is not None:
+        sql += " AND tenant = ?"
+        params.append(tenant)
+    with store.read() as tx:
+        rows = tx.fetchall(sql + " GROUP BY status", params)
+    found = {status: OpenApprovals(status) for status in _OPEN_APPROVALS}
+    for status, n, oldest, under_hour, under_day in rows:
+        count, hour_n, day_n = int(n), int(under_hour or 0), int(under_day or 0)
+        found[str(status)] = OpenApprovals(
+            str(status),
+            count,
+            _parse(oldest) if oldest else None,
+            hour_n,
+            day_n,
+            count - hour_n - day_n,
+        )
+    return found
+
+
+def _stamp(moment: _dt.datetime) -> str:
+    """A time as the store keeps it: UTC ISO-8601 with microseconds (sorts as text)."""
+    return moment.astimezone(_dt.UTC).isoformat(timespec="microseconds")
 
 
 def _parse(text: object) -> _dt.datetime:

@@ -30,7 +30,7 @@ from keel.gateway import CallContext, CallRequest
 from keel.telemetry.metrics import UNRESOLVED, Metrics
 from keel.telemetry.tracing import AttributeValue, Tracing, current_trace_id
 
-__all__ = ["GatewayObserver"]
+__all__ = ["GatewayObserver", "call_outcome"]
 
 #: The request whose span ``span()`` made current (``observe`` annotates it, or makes one).
 _OPEN: ContextVar[CallRequest | None] = ContextVar("keel_open_call", default=None)
@@ -84,7 +84,7 @@ class GatewayObserver:
         kind = call.kind if call is not None else ctx.request.kind
         target = call.target if call is not None else UNRESOLVED
         verdict = entry.decision or "deny"
-        outcome = _outcome(entry.kind, entry.body)
+        outcome = call_outcome(entry.kind, entry.body)
         code = _code(error, entry.body) if outcome in ("error", "refused") else None
         if self._metrics is not None:
             self._metrics.record_call(
@@ -150,7 +150,9 @@ class GatewayObserver:
             span.set_status(Status(StatusCode.ERROR, str(text)[:500]))
 
 
-def _outcome(kind: str, body: Mapping[str, Any]) -> str:
+def call_outcome(kind: str, body: Mapping[str, Any]) -> str:
+    """What became of a governed call, from its audit record's ``kind`` and ``body``: ``ok`` or
+    ``error`` (executed), ``cached``, ``replayed``, ``shadow`` or ``refused`` (not executed)."""
     if kind == "call":
         return "error" if "error" in body else "ok"
     if body.get("cached"):

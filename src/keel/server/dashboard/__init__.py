@@ -21,7 +21,7 @@ from starlette.concurrency import run_in_threadpool
 
 from keel.app import App
 from keel.errors import AuthenticationError
-from keel.server.dashboard import approvals, policies, runs, switches
+from keel.server.dashboard import approvals, audit, health, policies, runs, spend, switches
 from keel.server.dashboard.session import COOKIE, Sessions
 from keel.server.dashboard.site import HERE, Form, Site, Who, local_path
 
@@ -32,7 +32,7 @@ def mount_dashboard(api: FastAPI, keel: App) -> None:
     """Serve the dashboard's screens and static files on ``api``."""
     site = Site(keel, Sessions(Path(keel.home) / "dashboard.key"))
     _login(site)
-    for screen in (approvals, runs, switches, policies):
+    for screen in (approvals, runs, spend, switches, audit, policies, health):
         screen.register(site)
     api.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     api.include_router(site.router)

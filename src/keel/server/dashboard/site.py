@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as _dt
 import urllib.parse
 from collections.abc import Callable
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from keel.errors import AuthenticationError, PayloadTooLargeError
 from keel.identity import OperatorKey
 from keel.server.dashboard.session import COOKIE, Session, Sessions
 
-__all__ = ["Form", "Site", "Who", "age", "local_path"]
+__all__ = ["Form", "Site", "Who", "age", "local_path", "usd"]
 
 HERE = Path(__file__).parent
 _MAX_FORM = 16 * 1024
@@ -62,6 +63,17 @@ def local_path(target: str, default: str = "/approvals") -> str:
     return target
 
 
+def usd(value: Decimal | None) -> str:
+    """Dollars: cents from a dollar up (``$1,234.57``), every significant digit to the
+    micro-dollar below (``$0.25``, ``$0.000042``); ``—`` for no value."""
+    if value is None:
+        return "—"
+    if abs(value) >= 1:
+        return f"${value:,.2f}"
+    whole, _, fraction = f"{value:.6f}".partition(".")
+    return f"${whole}.{fraction.rstrip('0').ljust(2, '0')}"
+
+
 class Form:
     """An urlencoded form body, size-capped."""
 
@@ -94,6 +106,7 @@ class Site:
             autoescape=True,
             undefined=jinja2.StrictUndefined,
         )
+        self.env.filters["usd"] = usd
 
     def current(self, request: Request) -> Who | None:
         """The logged-in operator, or None (no cookie, a bad one, or a revoked key)."""

@@ -48,9 +48,9 @@ from keel.ledger.unit_cost import DEFAULT_SAMPLE, UnitCost, completed_run_spread
 from keel.runtime.history import run_observations
 from keel.server.auth import tenant_filter
 from keel.server.dashboard import charts
-from keel.server.dashboard.site import Site, Who
+from keel.server.dashboard.site import Site, Who, usd
 
-__all__ = ["CALIBRATION_RUNS", "WINDOWS", "register", "usd"]
+__all__ = ["CALIBRATION_RUNS", "WINDOWS", "register"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,17 +81,6 @@ class _BadQuery(Exception):
         super().__init__(message)
         self.message = message
         self.status = status
-
-
-def usd(value: Decimal | None) -> str:
-    """Dollars: cents from a dollar up (``$1,234.57``), every significant digit to the
-    micro-dollar below (``$0.25``, ``$0.000042``); ``—`` for no value."""
-    if value is None:
-        return "—"
-    if abs(value) >= 1:
-        return f"${value:,.2f}"
-    whole, _, fraction = f"{value:.6f}".partition(".")
-    return f"${whole}.{fraction.rstrip('0').ljust(2, '0')}"
 
 
 def _share(part: Decimal, whole: Decimal) -> str:
