@@ -9,7 +9,8 @@ purchase requests) through the real gateway and worker; the benchmark then copie
 with its journal steps, audit records, budget reservations and approvals until the store holds
 ``--runs`` runs, spread over the past 30 days (copies get new ids and earlier timestamps; the
 copied audit records keep the originals' hashes, so the copies are not a valid chain — page
-loads do not verify chains). ``keel serve`` runs as a subprocess over that store; an admin
+loads do not verify chains; the originals' sequence numbers move above the copies', as time
+runs in a real log). ``keel serve`` runs as a subprocess over that store; an admin
 operator logs in as a browser would (session cookie) and each screen is fetched ``--samples``
 times over real HTTP.
 
@@ -127,8 +128,8 @@ def copy_expr(column: str, how: str | None, dialect: str) -> str:
     """The SQL for ``column`` in copy number ``k``."""
     if how == "id":
         return f"CASE WHEN {column} IS NULL THEN NULL ELSE {column} || '~' || k END"
-    if how == "seq":
-        return f"{column} + k * {SEQ_STRIDE}"
+    if how == "seq":  # the originals were moved up first: older copies, lower numbers
+        return f"{column} - k * {SEQ_STRIDE}"
     if how == "ts":
         minutes = f"(k * {SPREAD_MINUTES} / copies)"
         if dialect == "sqlite":
@@ -145,12 +146,18 @@ def copy_expr(column: str, how: str | None, dialect: str) -> str:
     return column
 
 
-def grow(conn: Any, dialect: str, runs: int) -> dict[str, int]:
-    """Copy every run (and what belongs to it) until the store holds ``runs`` runs."""
+def grow(conn: Any, dialect: str, runs: int) -> int:
+    """Copy every run (and what belongs to it) until the store holds ``runs`` runs; returns how
+    far the originals' audit sequence numbers moved."""
     have = conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
     copies = max(0, -(-runs // have) - 1)
     counts: dict[str, int] = {}
     batch = 25
+    # Sequence numbers grow with time in a real log: the originals (the newest records) move
+    # above every copy's. Their checkpoints move with them (their signatures, over the old
+    # numbers, no longer verify: pages do not verify).
+    for table in ("audit_records", "audit_checkpoints"):
+        conn.execute(f"UPDATE {table} SET seq = seq + {(copies + 1) * SEQ_STRIDE}")
     for table, changes in COPIED.items():
         columns = columns_of(conn, table, dialect)
         exprs = ", ".join(copy_expr(c, changes.get(c), dialect) for c in columns)
@@ -182,7 +189,7 @@ def grow(conn: Any, dialect: str, runs: int) -> dict[str, int]:
                 conn.commit()
         counts[table] = conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
         log(f"  {table}: {counts[table]:,} rows ({time.perf_counter() - began:.1f} s)")
-    return counts
+    return int((copies + 1) * SEQ_STRIDE)
 
 
 def open_approvals(conn: Any, pending: int, mark: str) -> None:
@@ -351,8 +358,8 @@ def measure(base: str, key: str, ids: Any, samples: int) -> dict[str, dict[str, 
     figures: dict[str, dict[str, float]] = {}
     with httpx.Client(base_url=base, timeout=60) as client:
         login = client.post("/login", data={"key": key, "next": "/approvals"})
-        if login.status_code != 303:
-            raise RuntimeError(f"login failed: {login.status_code}")
+        if login.headers.get("location") != "/approvals":
+            raise RuntimeError(f"login failed: {login.status_code} {login.headers}")
         for label, path in pages(client, ids):
             client.get(path)  # warm: templates compiled, store pages cached like a used server
             times = []
@@ -404,17 +411,17 @@ def report(backend: str, base: dict[str, Any], grown: dict[str, Any], runs: int)
 
 
 def bench(backend: str, folder: Path, demo: Path, runs: int, samples: int, pg_url: str) -> bool:
-    config = demo / "keel.yaml"
     ids = sample_ids(demo)
-    if backend == "postgresql":
-        with postgres_schema(pg_url) as url:
-            text = config.read_text().replace("sqlite:///keel.db", url)
-            pg_config = demo / "keel-pg.yaml"
-            pg_config.write_text(text)
-            to_postgres(demo / "keel.db", url, pg_config)
-            return measure_both(backend, demo, pg_config, ids, runs, samples, pg_url=url)
-    work = folder / "sqlite"
+    work = folder / backend
     shutil.copytree(demo, work)
+    if backend == "postgresql":
+        # The demo's App reads its folder's keel.yaml (``--app`` wins over ``--config``), so
+        # this copy of the folder names the PostgreSQL store.
+        with postgres_schema(pg_url) as url:
+            config = work / "keel.yaml"
+            config.write_text(config.read_text().replace("sqlite:///keel.db", url))
+            to_postgres(work / "keel.db", url, config)
+            return measure_both(backend, work, config, ids, runs, samples, pg_url=url)
     return measure_both(backend, work, work / "keel.yaml", ids, runs, samples, pg_url=None)
 
 
@@ -429,7 +436,7 @@ def measure_both(
     if pg_url is None:
         conn: Any = sqlite3.connect(demo / "keel.db")
         try:
-            grow(conn, "sqlite", runs)
+            moved = grow(conn, "sqlite", runs)
             trim_runs(conn, runs)
             open_approvals(conn, PENDING, "?")
             conn.commit()
@@ -440,13 +447,14 @@ def measure_both(
         import psycopg
 
         with psycopg.connect(pg_url, autocommit=True) as conn:
-            grow(conn, "postgresql", runs)
+            moved = grow(conn, "postgresql", runs)
             trim_runs(conn, runs)
             open_approvals(conn, PENDING, "%s")
             conn.execute("VACUUM ANALYZE")
     log(f"{backend}: grown in {time.perf_counter() - began:.0f} s")
+    run_id, chain, seq, rule = ids
     with served(demo, config) as base:
-        grown = measure(base, key, ids, samples)
+        grown = measure(base, key, (run_id, chain, seq + moved, rule), samples)
     return report(backend, baseline, grown, runs)
 
 

@@ -47,6 +47,10 @@ def test_a_workflow_runs_to_completion_and_every_transition_is_recorded(app: App
     assert done.result["receipt"]["key"] == f"{record.run_id}/1"
     assert done.state == {"done": True}
     assert [s.status for s in app.runtime.steps(record.run_id)] == ["succeeded", "succeeded"]
+    other = app.runtime.submit("payout", {"to": "acct-2"})  # not run: no steps yet
+    batch = app.runtime.runs.steps_of([record.run_id, other.run_id, "run_unknown"])
+    assert batch[record.run_id] == app.runtime.steps(record.run_id)
+    assert batch[other.run_id] == [] and batch["run_unknown"] == []
     transitions = [
         r.entry.rule_id for r in reversed(query(app.store, run_id=record.run_id, kind="control"))
     ]

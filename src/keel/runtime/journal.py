@@ -24,6 +24,7 @@ App given a clock that is not a ``SystemClock`` (a test's ``FrozenClock``) alway
 from __future__ import annotations
 
 import datetime as _dt
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
@@ -507,6 +508,23 @@ class RunStore:
                 (run_id,),
             )
         return {row[1]: JournalEntry.from_row(row) for row in rows}
+
+    def steps_of(self, run_ids: Iterable[str]) -> dict[str, list[JournalEntry]]:
+        """The steps of several runs at once (in order), in one read per 500 runs."""
+        wanted = sorted(set(run_ids))
+        found: dict[str, list[JournalEntry]] = {run_id: [] for run_id in wanted}
+        with self.store.read() as tx:
+            for first in range(0, len(wanted), 500):
+                chunk = wanted[first : first + 500]
+                marks = ", ".join("?" for _ in chunk)
+                rows = tx.fetchall(
+                    f"SELECT {_STEP_COLUMNS} FROM journal WHERE run_id IN ({marks}) "
+                    "ORDER BY run_id, position",
+                    chunk,
+                )
+                for row in rows:
+                    found[row[0]].append(JournalEntry.from_row(row))
+        return found
 
     def begin_step(
         self,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from fastapi import Request
 from fastapi.responses import Response
@@ -25,15 +24,21 @@ def register(site: Site) -> None:
     def approvals(request: Request, who: Who) -> Response:
         key = who[1]
         now = keel.clock.now()
+        records = [
+            record
+            for status in _WAITING
+            for record in keel.approvals.list(status, key.tenant, 200)  # type: ignore[arg-type]
+        ]
+        steps = keel.runtime.runs.steps_of(r.run_id for r in records if r.run_id)
         rows = []
-        for status in _WAITING:
-            for record in keel.approvals.list(status, key.tenant, 200):  # type: ignore[arg-type]
-                data = record.to_dict()
-                data["age"] = age(data["created_at"], now)
-                data["deciders"] = list(record.deciders())
-                data["arguments_json"] = json.dumps(data["arguments"], indent=2, sort_keys=True)
-                data["context"] = _run_context(site, record.run_id)
-                rows.append(data)
+        for record in records:
+            data = record.to_dict()
+            data["age"] = age(data["created_at"], now)
+            data["deciders"] = list(record.deciders())
+            data["arguments_json"] = json.dumps(data["arguments"], indent=2, sort_keys=True)
+            so_far = steps.get(record.run_id or "", [])
+            data["context"] = [step.to_dict() for step in so_far[-_CONTEXT_STEPS:]]
+            rows.append(data)
         rows.sort(key=lambda r: r["created_at"])
         return site.render(
             "approvals.html",
@@ -67,14 +72,3 @@ def register(site: Site) -> None:
 
     decide("approve")
     decide("deny")
-
-
-def _run_context(site: Site, run_id: str | None) -> list[dict[str, Any]]:
-    """The last steps of the run that asked (what the agent did before this call)."""
-    if not run_id:
-        return []
-    try:
-        steps = site.keel.runtime.steps(run_id)
-    except KeelError:
-        return []
-    return [step.to_dict() for step in steps[-_CONTEXT_STEPS:]]
