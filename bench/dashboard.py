@@ -15,7 +15,9 @@ operator logs in as a browser would (session cookie) and each screen is fetched 
 times over real HTTP.
 
 Baseline, measured in the same run: the same pages over the demo's own store (250 runs) before
-it is grown. Figures are the client's wall time per page (request to last byte), p50 and max.
+it is grown. Figures are the client's wall time per page (request to last byte): the first load
+after the server starts (cold caches; the spend screen closes the hours it reads into its rollup),
+then p50 and max of ``--samples`` loads; "met" is max < 300 ms.
 """
 
 from __future__ import annotations
@@ -361,7 +363,9 @@ def measure(base: str, key: str, ids: Any, samples: int) -> dict[str, dict[str, 
         if login.headers.get("location") != "/approvals":
             raise RuntimeError(f"login failed: {login.status_code} {login.headers}")
         for label, path in pages(client, ids):
-            client.get(path)  # warm: templates compiled, store pages cached like a used server
+            began = time.perf_counter()
+            client.get(path)  # the first load: a cold cache, the spend rollup filled
+            first = (time.perf_counter() - began) * 1000
             times = []
             status = 0
             size = 0
@@ -371,6 +375,7 @@ def measure(base: str, key: str, ids: Any, samples: int) -> dict[str, dict[str, 
                 times.append((time.perf_counter() - began) * 1000)
                 status, size = response.status_code, len(response.content)
             figures[label] = {
+                "first": first,
                 "p50": statistics.median(times),
                 "max": max(times),
                 "status": status,
@@ -394,8 +399,10 @@ def sample_ids(demo: Path) -> tuple[str, str, int, str]:
 
 def report(backend: str, base: dict[str, Any], grown: dict[str, Any], runs: int) -> bool:
     print(f"\n{backend}: page load, p50 / max in ms (target < {TARGET_MS:.0f} ms)")
-    print(f"| page | demo store (250 runs) p50 | {runs:,} runs p50 | max | KB | met |")
-    print("|---|---:|---:|---:|---:|---|")
+    print(
+        f"| page | demo store (250 runs) p50 | {runs:,} runs: first load | p50 | max | KB | met |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---|")
     ok = True
     for label, figure in grown.items():
         before = base.get(label, {}).get("p50")
@@ -404,7 +411,8 @@ def report(backend: str, base: dict[str, Any], grown: dict[str, Any], runs: int)
         shown = "—" if before is None else f"{before:.1f}"
         verdict = "yes" if met else f"NO (status {figure['status']})"
         print(
-            f"| {label} | {shown} | {figure['p50']:.1f} | {figure['max']:.1f} | "
+            f"| {label} | {shown} | {figure['first']:.1f} | {figure['p50']:.1f} | "
+            f"{figure['max']:.1f} | "
             f"{figure['kb']:.0f} | {verdict} |"
         )
     return ok

@@ -111,7 +111,8 @@ def _pending(keel: App) -> str:
 def _login(page: Page, base: str, key: str) -> None:
     page.goto(f"{base}/approvals")
     page.get_by_label("Operator API key").fill(key)
-    page.keyboard.press("Enter")  # keyboard only: the form submits on Enter
+    with page.expect_navigation():  # the form's answer has loaded before the test goes on
+        page.keyboard.press("Enter")  # keyboard only: the form submits on Enter
 
 
 def _shot(page: Page, name: str) -> None:
@@ -237,3 +238,63 @@ def test_a_running_workflow_waits_is_approved_in_the_browser_and_completes(
         assert "approve by Ana" in text and "order checked" in text
         _shot(page, "run-timeline")
     assert keel.runtime.get(run.run_id).status == "completed"
+
+
+@pytest.fixture(scope="module")
+def demo_served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[App, str]]:
+    """The demo's own data (``keel demo``: 250 runs, approvals, denials, spend), served."""
+    import subprocess
+    import sys
+
+    from keel.demo.workflows import build_demo_app
+    from server._serving import serving
+
+    folder = tmp_path_factory.mktemp("demo") / "keel-demo"
+    subprocess.run(
+        [sys.executable, "-m", "keel", "demo", "--dir", str(folder), "--quiet"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        timeout=300,
+    )
+    with build_demo_app(folder) as keel, serving(keel) as base:
+        yield keel, base
+
+
+def test_the_demo_tells_security_who_approved_what_and_finance_what_a_unit_costs(
+    demo_served: tuple[App, str], page: Any
+) -> None:
+    from keel.audit import query
+
+    keel, base = demo_served
+    key, _ = keel.operator_keys.create("Sam", "admin")
+    _login(page, base, key)
+    # Security: a refund that waited for approval, who decided and why, on the run's timeline.
+    (request,) = query(keel.store, decision="approval.approve", limit=1)
+    run_id = request.entry.run_id
+    page.goto(f"{base}/runs/{run_id}")
+    step = page.locator(f"#step-{request.entry.step_id}")
+    step.wait_for()
+    text = step.inner_text()
+    assert "approve by" in text and str(request.entry.body["actor"]) in text
+    _shot(page, "run-demo-approved")
+    page.goto(f"{base}/audit?rule_id={request.entry.rule_id}")
+    records = page.locator("table.records").inner_text()
+    assert f"by {request.entry.body['actor']}" in records  # who approved, on the record's row
+    _shot(page, "audit")
+    page.get_by_role("button", name="Verify now").click()
+    page.locator("#verification").wait_for()
+    assert "the log is intact" in page.locator("#verification").inner_text()
+    _shot(page, "audit-verified")
+    # Finance: cost per completed ticket, the spread, and what the next runs will cost.
+    page.goto(f"{base}/spend?workflow=support&window=24h")
+    units = page.locator("#units").inner_text()
+    assert "support" in units and "$" in units
+    page.get_by_role("button", name="Compute the forecast").click()
+    page.locator("#forecast-ahead-table").wait_for()
+    assert "Next 1,000 runs" in page.locator("#forecast-ahead-table").inner_text()
+    _shot(page, "spend")
+    page.get_by_role("link", name="Health").click()
+    page.locator("#h-runs").wait_for()
+    _shot(page, "health")
+    page.get_by_role("link", name="Runs").click()
+    _shot(page, "runs")

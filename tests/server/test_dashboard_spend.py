@@ -335,6 +335,7 @@ def test_the_forecast_is_computed_on_request_and_says_when_history_is_short(
     # The run of Dec 30 is before the last 24 hours: one run of history.
     day = client.get("/spend", params={"workflow": "research", "forecast": "1", "window": "24h"})
     assert "1 run recorded before this window" in _text(day.text, "forecast-missing")
+    assert "Too few recorded runs of research" in _text(day.text, "forecast-ahead-missing")
 
 
 def test_the_forecast_band_next_to_the_actual(site: Site) -> None:
@@ -356,6 +357,10 @@ def test_the_forecast_band_next_to_the_actual(site: Site) -> None:
     assert f"calibrated on the {MIN_OBSERVATIONS} latest runs of research started" in week
     assert '<title id="forecast-total-title">' in week and 'class="actual"' in week
     assert "retries added" in _text(week, "retries")
-    # Over 30 days the window holds every run, and none is left before it to calibrate on.
+    # Over 30 days the window holds every run, and none is left before it to calibrate on;
+    # what the next runs will cost is still forecast, from the latest runs.
     month = client.get("/spend", params={"workflow": "research", "forecast": "1", "window": "30d"})
     assert "0 runs recorded before this window" in month.text
+    ahead = _row(month.text, "forecast-ahead-table", "Next 1,000 runs")
+    assert ahead[0] == "Next 1,000 runs" and all(cell.startswith("$") for cell in ahead[1:])
+    assert "forecast-ahead-title" in month.text

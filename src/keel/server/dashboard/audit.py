@@ -220,6 +220,10 @@ def summary(record: Record) -> dict[str, Any]:
         cost_usd=_str(cost.get("usd")) if isinstance(cost, dict) else None,
         latency_ms=latency if isinstance(latency, int | float) else None,
         trace_id=_str(body.get("trace_id")),
+        actor=_str(body.get("actor")) if record.entry.kind == "control" else None,
+        note=_str(body.get("note") or body.get("reason"))
+        if record.entry.kind == "control"
+        else None,
         error_code=_str(error.get("code")) or "error" if isinstance(error, dict) else None,
         link=record_link(record.chain, record.seq),
         run_link=f"/runs/{urllib.parse.quote(record.entry.run_id, safe='')}"

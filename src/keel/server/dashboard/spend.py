@@ -69,6 +69,8 @@ WINDOWS: Final[dict[str, Window]] = {
 DEFAULT_WINDOW: Final = "7d"
 #: The forecast is calibrated on at most this many of the workflow's latest runs.
 CALIBRATION_RUNS: Final = 200
+#: The forecast of what is to come is for this many runs.
+AHEAD_RUNS: Final = 1000
 #: Rows of the cost-driver chart and table.
 TOP: Final = 10
 #: Rows of the tables per workflow.
@@ -419,6 +421,7 @@ def _forecast(
         return {"asked": False}
     if workflow in keel.workflows:
         tenant = keel.workflow_tenant(workflow)  # covered: the list offers no other
+    ahead = _ahead(keel, workflow, tenant)
     before = keel.runtime.runs.find(
         workflow=workflow, tenant=tenant, until=since, limit=CALIBRATION_RUNS
     )
@@ -438,10 +441,52 @@ def _forecast(
             "error": None,
             "observations": exc.context.get("observations", 0),
             "minimum": exc.context.get("minimum"),
+            "ahead": ahead,
         }
     except KeelError as exc:
-        return {"asked": True, "insufficient": False, "error": exc.message}
-    return _forecast_view(found, unit, before[-1].created_at)
+        return {"asked": True, "insufficient": False, "error": exc.message, "ahead": ahead}
+    return {**_forecast_view(found, unit, before[-1].created_at), "ahead": ahead}
+
+
+def _ahead(keel: App, workflow: str, tenant: str | None) -> dict[str, Any] | None:
+    """What the next :data:`AHEAD_RUNS` runs will cost, calibrated on the workflow's latest
+    :data:`CALIBRATION_RUNS` runs (``/v1/forecasts`` with ``since`` the oldest of them)."""
+    latest = keel.runtime.runs.find(workflow=workflow, tenant=tenant, limit=CALIBRATION_RUNS)
+    if not latest:
+        return None
+    history = run_observations(keel.store, workflow, since=latest[-1].created_at, tenant=tenant)
+    try:
+        found = forecast(history, AHEAD_RUNS, seed=0)
+    except KeelError:
+        return None
+    return {
+        "runs": f"{AHEAD_RUNS:,}",
+        "observations": found.observations_used,
+        "expected": usd(found.total_expected),
+        "p10": usd(found.total_p10),
+        "p90": usd(found.total_p90),
+        "per_run": usd(found.per_run_mean),
+        "per_run_p10": usd(found.per_run_p10),
+        "per_run_p90": usd(found.per_run_p90),
+        "per_completed": usd(found.per_completed_run_mean),
+        "chart": charts.range_chart(
+            [
+                charts.RangeRow(
+                    f"next {AHEAD_RUNS:,} runs",
+                    found.total_p10,
+                    found.total_expected,
+                    found.total_p90,
+                    None,
+                )
+            ],
+            title=f"Forecast of the next {AHEAD_RUNS:,} runs of {workflow}",
+            description="The forecast's P10–P90 band and its expected total; the table below "
+            "has the figures.",
+            ident="forecast-ahead",
+            band_label="P10–P90",
+            fmt=usd,
+        ),
+    }
 
 
 def _forecast_view(found: Forecast, unit: UnitCost | None, first: _dt.datetime) -> dict[str, Any]:
