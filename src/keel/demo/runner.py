@@ -360,6 +360,14 @@ def _print(report: DemoReport, console: Console, *, quiet: bool, config_path: Pa
         f"  keel policy explain {folder / 'policy.yaml'} --call {folder / 'call.json'}\n"
         "\nThe dashboard over this data (who approved what, cost per unit, forecast):\n"
         f"  keel keys create --name you --role admin --config {config_path}\n"
-        f"  keel serve --app keel.demo.workflows:demo_app --config {config_path}\n"
+        f"  {_demo_dir_prefix(folder)}keel serve --app keel.demo.workflows:demo_app "
+        f"--config {config_path}\n"
         "  then open http://127.0.0.1:8000/ and log in with the key\n"
     )
+
+
+def _demo_dir_prefix(folder: Path) -> str:
+    """``KEEL_DEMO_DIR=…`` when the demo is not in ``./keel-demo`` (where the demo's App looks)."""
+    if folder.resolve() == Path("keel-demo").resolve():
+        return ""
+    return f"KEEL_DEMO_DIR={folder} "
