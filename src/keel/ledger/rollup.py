@@ -21,6 +21,7 @@ import datetime as _dt
 from collections.abc import Iterator
 from typing import Any, Final
 
+from keel.ledger.ledger import _ts
 from keel.store import Row, Store
 
 __all__ = ["SETTLE_MARGIN", "closed_cells", "open_spans"]
@@ -47,12 +48,8 @@ _FILL: Final = (
 )
 
 
-def _text(moment: _dt.datetime) -> str:
-    return moment.astimezone(_dt.UTC).isoformat(timespec="microseconds")
-
-
 def _hour(moment: _dt.datetime) -> str:
-    return _text(moment)[:13]
+    return _ts(moment)[:13]
 
 
 def _hours(since: _dt.datetime, until: _dt.datetime) -> list[_dt.datetime]:
@@ -147,7 +144,7 @@ def _close(store: Store, hours: list[_dt.datetime], now: _dt.datetime) -> set[st
     candidates = [h for h in hours if _hour(h) not in known and h + _HOUR <= limit]
     if not candidates:
         return known
-    begin, end = _text(candidates[0]), _text(candidates[-1] + _HOUR)
+    begin, end = _ts(candidates[0]), _ts(candidates[-1] + _HOUR)
     with store.write(locks=()) as tx:
         unsettled = {
             str(r[0])
@@ -158,9 +155,9 @@ def _close(store: Store, hours: list[_dt.datetime], now: _dt.datetime) -> set[st
             )
         }
         closing = [h for h in candidates if _hour(h) not in unsettled]
-        stamp = _text(now)
+        stamp = _ts(now)
         for start, stop in _spans(closing):
-            tx.execute(_FILL, (_text(start), _text(stop)))
+            tx.execute(_FILL, (_ts(start), _ts(stop)))
         for hour in closing:
             tx.execute(
                 "INSERT INTO ledger_rollup_hours (hour, closed_at) VALUES (?, ?) "

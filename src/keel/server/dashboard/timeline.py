@@ -16,13 +16,14 @@ from typing import Any
 
 from keel.audit import Record
 from keel.runtime.journal import JournalEntry
+from keel.server.dashboard.audit import record_link
 
 __all__ = ["Approval", "Event", "StepView", "build", "record_path"]
 
 
 def record_path(record: Record) -> str:
     """The dashboard page of one audit record."""
-    return f"/audit/{record.chain}/{record.seq}"
+    return record_link(record.chain, record.seq)
 
 
 @dataclass
